@@ -1,0 +1,73 @@
+"""Freshly rendered ShapesWorld training batches with per-word-kind hard negatives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shapesworld import Degradation, describe, make_foil, render_scene, sample_scene, swap_objects
+from shapesworld.foils import foil_kinds
+
+#: OpenAI CLIP normalisation, also written into the exported model's preprocess config.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ShapesBatch:
+    """`images` (B, 3, R, R) normalised; `captions` B strings; `foils` B x F strings."""
+
+    images: torch.Tensor
+    captions: list[str]
+    foils: list[list[str]]
+    foil_kinds: list[list[str]]
+
+
+def to_tensor(images, resolution: int) -> torch.Tensor:
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_batch(rng: np.random.Generator, batch_size: int, *, foils_per_image: int = 3,
+               resolution: int = 32, template: str = "A photo depicts ", p_template: float = 0.5,
+               p_period: float = 0.1, degradation: Degradation | None = None) -> ShapesBatch:
+    """Render `batch_size` random scenes with a true caption and `foils_per_image` foils each.
+
+    Foils cover different word kinds where the caption allows (color, shape, size, position,
+    and for two objects an attribute swap between them), so every word kind is a hard negative.
+    The template prefix and a final period are added at random, identically to caption and
+    foils, so the model sees the text the detector will feed it.
+    """
+    images, captions, foils, kinds = [], [], [], []
+    for _ in range(batch_size):
+        scene = sample_scene(rng)
+        cap = describe(scene, rng)
+        img = render_scene(scene, resolution)
+        if degradation is not None:
+            img = degradation(img, rng)
+        options: list[tuple[str, str]] = [(k, "") for k in foil_kinds(cap)]
+        swapped = swap_objects(cap)
+        if swapped:
+            options.append(("swap", swapped))
+        order = rng.permutation(len(options))
+        chosen = [options[i] for i in order[:foils_per_image]]
+        while len(chosen) < foils_per_image:
+            chosen.append(options[int(rng.integers(len(options)))])
+        prefix = template if rng.random() < p_template else ""
+        suffix = " ." if rng.random() < p_period else ""
+        f_texts, f_kinds = [], []
+        for kind, text in chosen:
+            if kind != "swap":
+                text = make_foil(cap, rng, kind).foil
+            f_texts.append(prefix + text + suffix)
+            f_kinds.append(kind)
+        images.append(img)
+        captions.append(prefix + cap.text + suffix)
+        foils.append(f_texts)
+        kinds.append(f_kinds)
+    return ShapesBatch(to_tensor(images, resolution), captions, foils, kinds)
