@@ -1,0 +1,22 @@
+"""clip4dm feedback: word-level misalignment between an image and its caption (CLIP4DM).
+
+Entry point: `MisalignmentDetector.from_pretrained(model)`, then `detector(image, caption)`.
+"""
+
+from .attribution import eot_cam, relevance
+from .backends import Backend, OpenClipBackend, TransformersBackend
+from .detector import DetectorConfig, MisalignmentDetector
+from .errors import Clip4dmError, InputError, ModelLoadError, NonFiniteScoreError
+from .images import load_image, to_rgb
+from .registry import load_backend, recommended_settings, shipped_models
+from .report import MisalignmentReport, WordScore
+from .scores import clip_score, f_clip_score, select_misaligned, sum_negative_attribution
+from .words import Word, split_words
+
+__all__ = [
+    "Backend", "Clip4dmError", "DetectorConfig", "InputError", "MisalignmentDetector",
+    "MisalignmentReport", "ModelLoadError", "NonFiniteScoreError", "OpenClipBackend",
+    "TransformersBackend", "Word", "WordScore", "clip_score", "eot_cam", "f_clip_score",
+    "load_backend", "load_image", "recommended_settings", "relevance",
+    "select_misaligned", "shipped_models", "split_words", "sum_negative_attribution", "to_rgb",
+]
