@@ -76,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # Our warnings (e.g. over-long captions) go to stderr; third-party libraries log their own
+    # error before raising, which we already turn into one clear line, so silence the root.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("clip4dm: warning: %(message)s"))
+    ours = logging.getLogger("feedback")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.WARNING)
+    ours.propagate = False
+    logging.getLogger().setLevel(logging.CRITICAL)
     # The library warns through `warnings` and logging; on the CLI the log line is enough.
     warnings.filterwarnings("ignore", message="caption is .* tokens")
     try:

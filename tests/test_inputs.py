@@ -1,0 +1,163 @@
+"""Bad input gets a clear error; every PIL mode is converted; over-long captions are visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from feedback import InputError, MisalignmentDetector, load_image
+from feedback.cli import main
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16", "LA", "1", "F"])
+def test_every_pil_mode_is_converted(mode, tmp_path, images):
+    base = images[0][0]
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        img = Image.fromarray(arr)
+        assert img.mode == "I;16"
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0)
+    else:
+        img = base.convert(mode)
+    path = tmp_path / f"img.{'tiff' if mode in ('I;16', 'F', 'CMYK') else 'png'}"
+    img.save(path)
+    rgb = load_image(path)
+    assert rgb.mode == "RGB" and rgb.size == base.size
+    if mode in ("I;16", "L", "F"):
+        # 16-bit and float keep their brightness instead of saturating to white.
+        ref = np.asarray(base.convert("L"), dtype=np.float64)
+        got = np.asarray(rgb, dtype=np.float64)[..., 0]
+        assert np.abs(got - ref).max() <= 1.0
+
+
+def test_transparency_composited_on_white():
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert load_image(img).getpixel((0, 0)) == (255, 255, 255)
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("case", ["missing", "not_image", "directory", "empty", "blank",
+                                  "unknown_model", "missing_dir_model", "arch_without_tag"])
+def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_open_clip_dir, images, capsys):
+    img = tmp_path / "ok.png"
+    images[0][0].save(img)
+    model = str(tiny_open_clip_dir)
+    argv = ["check", str(img), "a red circle", "--model", model]
+    if case == "missing":
+        argv[1] = str(tmp_path / "nope.png")
+        expect = "image not found"
+    elif case == "not_image":
+        bad = tmp_path / "notes.png"
+        bad.write_text("hello")
+        argv[1] = str(bad)
+        expect = "not an image"
+    elif case == "directory":
+        argv[1] = str(tmp_path)
+        expect = "directory"
+    elif case == "empty":
+        argv[2] = ""
+        expect = "caption is empty"
+    elif case == "blank":
+        argv[2] = "  \t "
+        expect = "caption is empty"
+    elif case == "unknown_model":
+        argv[4] = "no-such-model"
+        expect = "unknown model"
+    elif case == "missing_dir_model":
+        argv[4] = str(tmp_path)  # a directory with no model in it
+        expect = "neither a transformers CLIP"
+    else:
+        argv[4] = "ViT-B-32"
+        expect = "needs pretrained weights"
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_weights_not_available_offline(tmp_path, images):
+    img = tmp_path / "ok.png"
+    images[0][0].save(img)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for model in (["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+                  ["--model", "openai/clip-vit-base-patch32"]):
+        proc = subprocess.run([sys.executable, "-m", "feedback.cli", "check", str(img), "a cat",
+                               *model], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot load" in lines[0], proc.stderr
+
+
+def test_cli_json_contract_on_local_transformers_dir(tmp_path, tiny_hf_dir, images, capsys):
+    img = tmp_path / "img.png"
+    images[1][0].save(img)
+    caption = images[1][1] + "."
+    code, out, _ = run_cli(["check", str(img), caption, "--model", str(tiny_hf_dir), "--json",
+                            "--threshold", "0"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    for key in ("caption", "clip_score", "f_clip_score", "sum_negative_attribution",
+                "misaligned_words", "words"):
+        assert key in d
+    assert d["caption"] == caption
+    for w in d["words"]:
+        assert set(w) >= {"word", "start", "end", "score", "misaligned"}
+        assert caption[w["start"]:w["end"]] == w["word"]
+    neg = [w for w in d["words"] if w["misaligned"]]
+    assert d["misaligned_words"] == [w["word"] for w in neg]
+    assert all(w["score"] < 0 for w in neg) and all(w["word"] != "." for w in neg)
+    assert d["sum_negative_attribution"] == pytest.approx(sum(w["score"] for w in neg))
+    assert d["f_clip_score"] == pytest.approx(
+        d["sum_negative_attribution"] * (1 - d["clip_score"] / 2.5))
+
+
+def test_cli_readable_output_marks_misaligned(tmp_path, tiny_open_clip_dir, images, capsys):
+    img = tmp_path / "img.png"
+    images[0][0].save(img)
+    code, out, _ = run_cli(["check", str(img), images[0][1], "--model", str(tiny_open_clip_dir),
+                            "--mode", "most-negative"], capsys)
+    assert code == 0
+    assert out.count("<-- misaligned") == 1 and "[" in out.splitlines()[0]
+
+
+def test_over_long_caption_is_visible_and_does_not_shift_scores(tiny_open_clip_dir, images):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    image = images[0][0]
+    long_caption = " ".join(["red"] * 40)  # one token per word; context 24 -> 22 content
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = det(image, long_caption)
+    assert any("unscored" in str(w.message) for w in caught)
+    assert rep.truncated and rep.to_dict()["truncated"]
+    scored = [w for w in rep.words if w.score is not None]
+    assert len(scored) == 22 - 3 and len(rep.unscored_words) == 40 - 19
+    assert all(w.score is None for w in rep.words[19:])
+    # The words that fit get exactly the scores of the caption cut to them.
+    prefix = det(image, " ".join(["red"] * 19))
+    assert not prefix.truncated
+    assert [w.score for w in scored] == pytest.approx([w.score for w in prefix.words], abs=1e-7)
+    assert json.loads(json.dumps(rep.to_dict()))["words"][-1]["score"] is None
+
+
+def test_detect_validates_lengths_and_types(tiny_open_clip_dir, images):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    with pytest.raises(InputError, match="2 images but 1 captions"):
+        det.detect([images[0][0], images[1][0]], ["a red circle"])
+    with pytest.raises(InputError, match="list of strings"):
+        det.detect([images[0][0]], "a red circle")
+    with pytest.raises(InputError, match="must be a string"):
+        det(images[0][0], None)
