@@ -30,4 +30,3 @@ def relevance(cams: list[torch.Tensor]) -> torch.Tensor:
     if not cams:
         raise ValueError("need at least one layer")
     return torch.stack(cams).mean(dim=0)
-

@@ -14,9 +14,12 @@ DEFAULT_MODEL = "shapes-tiny"
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="shipped name, local directory, open_clip name, hf-hub:org/repo or "
-                        f"transformers hub id (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="shipped name, local directory, open_clip name, hf-hub:org/repo or "
+        f"transformers hub id (default: {DEFAULT_MODEL})",
+    )
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint")
     p.add_argument("--layers", type=int, default=None, help="last K text layers (default 3)")
     p.add_argument("--threshold", type=float, default=None, help="eps (default -5e-5)")
@@ -31,8 +34,16 @@ def _detector(args):
     from .detector import MisalignmentDetector
 
     return MisalignmentDetector.from_pretrained(
-        args.model, args.pretrained, device=args.device, dtype=args.dtype, layers=args.layers,
-        threshold=args.threshold, template=args.template, mode=args.mode, method=args.method)
+        args.model,
+        args.pretrained,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        threshold=args.threshold,
+        template=args.template,
+        mode=args.mode,
+        method=args.method,
+    )
 
 
 def _cmd_check(args) -> int:
@@ -43,14 +54,30 @@ def _cmd_check(args) -> int:
     report = det(image, args.caption)
     if args.json:
         d = report.to_dict()
-        print(json.dumps({k: d[k] for k in ("caption", "clip_score", "f_clip_score",
-                                             "sum_negative_attribution", "misaligned_words",
-                                             "words", "cosine", "truncated")}))
+        print(
+            json.dumps(
+                {
+                    k: d[k]
+                    for k in (
+                        "caption",
+                        "clip_score",
+                        "f_clip_score",
+                        "sum_negative_attribution",
+                        "misaligned_words",
+                        "words",
+                        "cosine",
+                        "truncated",
+                    )
+                }
+            )
+        )
         return 0
     tty = sys.stdout.isatty()
     print(report.highlighted(color=tty))
-    print(f"CLIPScore {report.clip_score:.4f}   F-CLIPScore {report.f_clip_score:.6f}   "
-          f"misaligned: {', '.join(report.misaligned_words) or '(none)'}")
+    print(
+        f"CLIPScore {report.clip_score:.4f}   F-CLIPScore {report.f_clip_score:.6f}   "
+        f"misaligned: {', '.join(report.misaligned_words) or '(none)'}"
+    )
     for w in report.words:
         score = "  unscored" if w.score is None else f"{w.score:+.6f}"
         mark = "  <-- misaligned" if w.misaligned else ""
@@ -59,8 +86,9 @@ def _cmd_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clip4dm", description="Word-level image-caption "
-                                "misalignment from CLIP (CLIP4DM).")
+    p = argparse.ArgumentParser(
+        prog="clip4dm", description="Word-level image-caption misalignment from CLIP (CLIP4DM)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="which words of CAPTION does IMAGE contradict?")
     c.add_argument("image")

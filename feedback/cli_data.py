@@ -1,7 +1,132 @@
-"""`clip4dm eval` and `clip4dm score`: dataset-scale commands (filled in with ShapesWorld)."""
+"""`clip4dm eval` and `clip4dm score`: dataset-scale commands, thin over the library."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 
 def add_commands(sub, add_detector_args) -> None:
-    return None
+    e = sub.add_parser("eval", help="the paper's metrics on a benchmark")
+    e.add_argument(
+        "--benchmark",
+        required=True,
+        choices=["shapes-foil", "foil", "nocaps-foil", "hat", "richhf", "seetrue"],
+    )
+    e.add_argument("--data", default=None, help="benchmark file (not needed for shapes-foil)")
+    e.add_argument("--images", default=None, help="image folder (default: beside --data)")
+    e.add_argument("--prompts", default=None, help="Rich-HF: JSON filename -> prompt")
+    e.add_argument("--n", type=int, default=1000, help="shapes-foil: number of foils")
+    e.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
+    e.add_argument(
+        "--baseline",
+        choices=["random"],
+        default=None,
+        help="score a random word instead of the most negative one",
+    )
+    e.add_argument("--nli-model", default=None, help="SeeTRUE: MNLI model for the NLI score")
+    e.add_argument("--out", default=None, help="write the full result as JSON")
+    add_detector_args(e)
+    e.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("score", help="score a JSONL manifest of {id, image, caption}")
+    s.add_argument("--data", required=True, help="manifest.jsonl")
+    s.add_argument("--out", required=True, help="results.jsonl (appended; reruns resume)")
+    s.add_argument("--batch-size", type=int, default=32)
+    add_detector_args(s)
+    s.set_defaults(func=_cmd_score)
+
+
+def _fmt(v) -> str:
+    return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _cmd_eval(args) -> int:
+    from .cli import _detector
+    from .datasets import load_benchmark
+    from .evaluate import nli_entailment, run_benchmark
+
+    kwargs = {}
+    if args.benchmark == "shapes-foil":
+        kwargs["n"] = args.n
+    else:
+        if args.images:
+            kwargs["images_dir"] = args.images
+        if args.prompts and args.benchmark == "richhf":
+            kwargs["prompts"] = args.prompts
+    samples = load_benchmark(args.benchmark, args.data, **kwargs)[: args.limit]
+    det = _detector(args)
+    content = None
+    if args.benchmark == "shapes-foil":
+        from shapesworld import WORD_KINDS
+
+        def content(w):
+            return w.lower() in WORD_KINDS
+
+    result = run_benchmark(
+        det,
+        samples,
+        benchmark=args.benchmark,
+        content_word=content,
+        picker="random" if args.baseline else "most-negative",
+        mode=args.mode,
+    )
+    if args.nli_model and args.benchmark == "seetrue":
+        reports = det.detect([s.image for s in samples], [s.caption for s in samples])
+        pairs = [
+            (s.misalignment_text, " ".join(r.misaligned_words) or "nothing")
+            for s, r in zip(samples, reports)
+            if s.misalignment_text
+        ]
+        if pairs:
+            probs = nli_entailment(args.nli_model, *map(list, zip(*pairs)))
+            result.metrics["nli"] = sum(probs) / len(probs)
+    m = result.metrics
+    print(
+        f"{args.benchmark}: {result.n_samples} pairs, {result.seconds:.1f} s "
+        f"({result.n_samples / max(result.seconds, 1e-9):.1f} pairs/s)  "
+        f"[{', '.join(f'{k}={v}' for k, v in result.settings.items())}]"
+    )
+    cols = [
+        "la",
+        "la_content",
+        "ap_clipscore",
+        "ap_fclipscore",
+        "precision",
+        "recall",
+        "f1",
+        "pearson",
+        "spearman",
+        "nli",
+    ]
+    cols = [c for c in cols if c in m]
+    print(f"{'':>10} " + " ".join(f"{c:>13}" for c in cols))
+    for name, row in [("all", m)] + list(result.per_kind.items()):
+        print(f"{name:>10} " + " ".join(f"{_fmt(row.get(c)):>13}" for c in cols))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from accelerate import PartialState
+
+    from .cli import _detector
+    from .scoring import score_manifest
+
+    state = PartialState()
+    det = _detector(args)
+    summary = score_manifest(
+        det,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+        progress=state.is_main_process,
+        wait=state.wait_for_everyone,
+    )
+    if state.is_main_process:
+        print(json.dumps(summary.to_dict()))
+    return 0

@@ -30,8 +30,7 @@ def write_clip_tokenizer(folder: str | Path):
     # files call the same ids <|startoftext|>/<|endoftext|>.
     rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {rename.get(k, k): v for k, v in st.encoder.items()}
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges],
-                        pad_token="<|endoftext|>")
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges], pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
@@ -42,15 +41,21 @@ def _qkv(sd: dict, prefix: str, dst: dict, out_prefix: str) -> None:
     for name, wi, bi in zip(("q_proj", "k_proj", "v_proj"), w, b):
         dst[f"{out_prefix}.self_attn.{name}.weight"] = wi
         dst[f"{out_prefix}.self_attn.{name}.bias"] = bi
-    pairs = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1",
-             "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    pairs = {
+        "attn.out_proj": "self_attn.out_proj",
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     for src, tgt in pairs.items():
         for p in ("weight", "bias"):
             dst[f"{out_prefix}.{tgt}.{p}"] = sd[f"{prefix}.{src}.{p}"]
 
 
-def open_clip_to_transformers(model: torch.nn.Module, model_cfg: dict, *,
-                              attn_implementation: str = "sdpa"):
+def open_clip_to_transformers(
+    model: torch.nn.Module, model_cfg: dict, *, attn_implementation: str = "sdpa"
+):
     """A transformers `CLIPModel` with the weights of open_clip `model` (a plain `CLIP`).
 
     model_cfg: the open_clip config dict (embed_dim, vision_cfg, text_cfg) it was built from.
@@ -62,15 +67,27 @@ def open_clip_to_transformers(model: torch.nn.Module, model_cfg: dict, *,
     v_width = v["width"]
     config = CLIPConfig(
         projection_dim=model_cfg["embed_dim"],
-        text_config=dict(vocab_size=t.get("vocab_size", 49408), hidden_size=t["width"],
-                         intermediate_size=int(t["width"] * t.get("mlp_ratio", 4.0)),
-                         num_hidden_layers=t["layers"], num_attention_heads=t.get("heads", 8),
-                         max_position_embeddings=t.get("context_length", 77), hidden_act=act,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
-        vision_config=dict(hidden_size=v_width, intermediate_size=int(v_width * v.get("mlp_ratio", 4.0)),
-                           num_hidden_layers=v["layers"],
-                           num_attention_heads=v_width // v.get("head_width", 64),
-                           image_size=v["image_size"], patch_size=v["patch_size"], hidden_act=act),
+        text_config=dict(
+            vocab_size=t.get("vocab_size", 49408),
+            hidden_size=t["width"],
+            intermediate_size=int(t["width"] * t.get("mlp_ratio", 4.0)),
+            num_hidden_layers=t["layers"],
+            num_attention_heads=t.get("heads", 8),
+            max_position_embeddings=t.get("context_length", 77),
+            hidden_act=act,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=v_width,
+            intermediate_size=int(v_width * v.get("mlp_ratio", 4.0)),
+            num_hidden_layers=v["layers"],
+            num_attention_heads=v_width // v.get("head_width", 64),
+            image_size=v["image_size"],
+            patch_size=v["patch_size"],
+            hidden_act=act,
+        ),
     )
     config._attn_implementation = attn_implementation
     hf = CLIPModel(config)
@@ -102,8 +119,13 @@ def open_clip_to_transformers(model: torch.nn.Module, model_cfg: dict, *,
     return hf.eval()
 
 
-def save_transformers_twin(model: torch.nn.Module, model_cfg: dict, folder: str | Path,
-                           *, attn_implementation: str = "sdpa") -> Path:
+def save_transformers_twin(
+    model: torch.nn.Module,
+    model_cfg: dict,
+    folder: str | Path,
+    *,
+    attn_implementation: str = "sdpa",
+) -> Path:
     """Write `model` as a transformers CLIP folder (weights + tokenizer) that
     `MisalignmentDetector.from_pretrained(folder)` and `CLIPModel.from_pretrained` load."""
     folder = Path(folder)

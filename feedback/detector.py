@@ -88,26 +88,44 @@ class MisalignmentDetector:
         self.backend = backend
         self.config = config or DetectorConfig()
         if self.config.layers > backend.num_text_layers:
-            raise InputError(f"layers={self.config.layers} but {backend.name} has only "
-                             f"{backend.num_text_layers} text layers")
+            raise InputError(
+                f"layers={self.config.layers} but {backend.name} has only "
+                f"{backend.num_text_layers} text layers"
+            )
         self._template_words = [w.text for w in split_words(self.config.template)]
 
     @classmethod
-    def from_pretrained(cls, model: str, pretrained: str | None = None, *,
-                        device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                        layers: int | None = None, threshold: float | None = None,
-                        template: str | None = None, mode: str | None = None,
-                        method: str | None = None, batch_size: int | None = None
-                        ) -> MisalignmentDetector:
+    def from_pretrained(
+        cls,
+        model: str,
+        pretrained: str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        layers: int | None = None,
+        threshold: float | None = None,
+        template: str | None = None,
+        mode: str | None = None,
+        method: str | None = None,
+        batch_size: int | None = None,
+    ) -> MisalignmentDetector:
         """Load a CLIP by name (see `feedback.registry`) and build a detector.
 
         Options left as None take the shipped model card's recommendation if it has one, else
         the paper's defaults (K=3, eps=-5e-5, "A photo depicts ", threshold mode).
         """
-        given = {"layers": layers, "threshold": threshold, "template": template, "mode": mode,
-                 "method": method, "batch_size": batch_size}
-        settings = {**recommended_settings(model),
-                    **{k: v for k, v in given.items() if v is not None}}
+        given = {
+            "layers": layers,
+            "threshold": threshold,
+            "template": template,
+            "mode": mode,
+            "method": method,
+            "batch_size": batch_size,
+        }
+        settings = {
+            **recommended_settings(model),
+            **{k: v for k, v in given.items() if v is not None},
+        }
         config = DetectorConfig(**settings)
         return cls(load_backend(model, pretrained, device=device, dtype=dtype), config)
 
@@ -116,31 +134,39 @@ class MisalignmentDetector:
         """Report for one (image, caption) pair."""
         return self.detect([image], [caption])[0]
 
-    def detect(self, images: Sequence[ImageLike], captions: Sequence[str], *,
-               batch_size: int | None = None, progress: bool = False) -> list[MisalignmentReport]:
+    def detect(
+        self,
+        images: Sequence[ImageLike],
+        captions: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[MisalignmentReport]:
         """Reports for many pairs, `batch_size` pairs per forward and backward.
 
         images: paths or PIL images (any mode), one per caption; a single image may be paired
             with many captions by repeating it.
         """
         if isinstance(captions, str):
-            raise InputError("captions must be a list of strings; use detector(image, caption) "
-                             "for a single pair")
+            raise InputError(
+                "captions must be a list of strings; use detector(image, caption) for a single pair"
+            )
         if len(images) != len(captions):
             raise InputError(f"got {len(images)} images but {len(captions)} captions")
         prepared = [self._prepare(c) for c in captions]
         bs = batch_size or self.config.batch_size
         out: list[MisalignmentReport] = []
-        for i in tqdm(range(0, len(prepared), bs), disable=not progress, desc="clip4dm",
-                      unit="batch"):
+        for i in tqdm(
+            range(0, len(prepared), bs), disable=not progress, desc="clip4dm", unit="batch"
+        ):
             loaded: dict = {}
             imgs = []
-            for im in images[i:i + bs]:
+            for im in images[i : i + bs]:
                 key = str(im) if isinstance(im, (str, os.PathLike)) else id(im)
                 if key not in loaded:
                     loaded[key] = load_image(im)
                 imgs.append(loaded[key])
-            out.extend(self._run_batch(imgs, prepared[i:i + bs]))
+            out.extend(self._run_batch(imgs, prepared[i : i + bs]))
         return out
 
     # ---------------------------------------------------------------------------------------
@@ -154,9 +180,11 @@ class MisalignmentDetector:
         layout = layout_tokens(self._template_words, words, counts, self.backend.context_length)
         if layout.truncated:
             cut = [w.text for w, s in zip(words, layout.slices) if s is None]
-            msg = (f"caption is {layout.n_tokens} tokens with the template but "
-                   f"{self.backend.name} reads {layout.capacity}: {len(cut)} word(s) from "
-                   f"{cut[0]!r} on are unscored (score None)")
+            msg = (
+                f"caption is {layout.n_tokens} tokens with the template but "
+                f"{self.backend.name} reads {layout.capacity}: {len(cut)} word(s) from "
+                f"{cut[0]!r} on are unscored (score None)"
+            )
             warnings.warn(msg, stacklevel=4)
             logger.warning(msg)
         return _Prepared(caption, join_template(self.config.template, caption), layout)
@@ -179,7 +207,8 @@ class MisalignmentDetector:
             if e != expected:
                 raise Clip4dmError(
                     f"tokenizer placed EOT at {e} but per-word tokenization predicts {expected} "
-                    f"for {p.text!r}; word spans cannot be trusted for this caption")
+                    f"for {p.text!r}; word spans cannot be trusted for this caption"
+                )
         n = int(eot.max()) + 1  # causal mask: nothing after the last EOT matters
         return ids[:, :n], eot
 
@@ -189,16 +218,19 @@ class MisalignmentDetector:
         if self.config.method == "occlusion":
             from .occlusion import occlusion_scores
 
-            cos, per_word = occlusion_scores(self.backend, img, ids, eot,
-                                             [p.layout for p in prepared])
+            cos, per_word = occlusion_scores(
+                self.backend, img, ids, eot, [p.layout for p in prepared]
+            )
             return [self._report(p, float(c), s) for p, c, s in zip(prepared, cos, per_word)]
         with torch.inference_mode(False), torch.enable_grad():
             txt, attns = attributed_text_forward(self.backend, ids, eot, self.config.layers)
             s = cosine(img, txt)
             grads = torch.autograd.grad(s.sum(), attns)
         r = relevance([eot_cam(a.detach(), g, eot) for a, g in zip(attns, grads)])
-        return [self._report(p, float(c), word_scores(r[b], p.layout))
-                for b, (p, c) in enumerate(zip(prepared, s.detach()))]
+        return [
+            self._report(p, float(c), word_scores(r[b], p.layout))
+            for b, (p, c) in enumerate(zip(prepared, s.detach()))
+        ]
 
     def _report(self, p: _Prepared, cos: float, scores: list[float | None]) -> MisalignmentReport:
         check_finite("cosine similarity", cos)
@@ -206,11 +238,15 @@ class MisalignmentDetector:
             if sc is not None:
                 check_finite("a word score", sc)
         eligible = [not w.is_punctuation for w in p.layout.words]
-        chosen = select_misaligned(scores, mode=self.config.mode,
-                                   threshold=self.config.threshold, eligible=eligible)
+        chosen = select_misaligned(
+            scores, mode=self.config.mode, threshold=self.config.threshold, eligible=eligible
+        )
         neg = sum_negative_attribution(scores, chosen)
         cs = clip_score(cos)
-        words = [WordScore(w.text, w.start, w.end, sc, i in chosen)
-                 for i, (w, sc) in enumerate(zip(p.layout.words, scores))]
-        return MisalignmentReport(p.caption, words, cos, cs, neg, f_clip_score(neg, cs),
-                                  p.layout.truncated)
+        words = [
+            WordScore(w.text, w.start, w.end, sc, i in chosen)
+            for i, (w, sc) in enumerate(zip(p.layout.words, scores))
+        ]
+        return MisalignmentReport(
+            p.caption, words, cos, cs, neg, f_clip_score(neg, cs), p.layout.truncated
+        )

@@ -19,9 +19,13 @@ def delete_tokens(ids: torch.Tensor, start: int, end: int, pad: int) -> torch.Te
     return torch.cat([ids[:start], ids[end:], ids.new_full((end - start,), pad)])
 
 
-def occlusion_scores(backend: Backend, image_emb: torch.Tensor, ids: torch.Tensor,
-                     eot: torch.Tensor, layouts: list[TokenLayout]
-                     ) -> tuple[torch.Tensor, list[list[float | None]]]:
+def occlusion_scores(
+    backend: Backend,
+    image_emb: torch.Tensor,
+    ids: torch.Tensor,
+    eot: torch.Tensor,
+    layouts: list[TokenLayout],
+) -> tuple[torch.Tensor, list[list[float | None]]]:
     """Cosine of each full pair (B,) and per-word occlusion scores (None for unscored words).
 
     image_emb: (B, D); ids: (B, L) cut after the last EOT; eot: (B,).

@@ -40,9 +40,18 @@ def _shipped() -> dict[str, ShippedModel]:
         card = d / "clip4dm.json"
         if card.exists():
             meta = json.loads(card.read_text())
-            out[d.name] = ShippedModel(d.name, d, meta.get("backend", "open_clip"),
-                                       meta.get("recommended", {}))
+            out[d.name] = ShippedModel(
+                d.name, d, meta.get("backend", "open_clip"), meta.get("recommended", {})
+            )
     return out
+
+
+def shipped_model(name: str) -> ShippedModel:
+    """The shipped model `name` (folder, backend, recommended settings)."""
+    models = _shipped()
+    if name not in models:
+        raise ModelLoadError(f"{name!r} is not a shipped model ({', '.join(models) or 'none'})")
+    return models[name]
 
 
 def shipped_models() -> list[str]:
@@ -56,8 +65,14 @@ def recommended_settings(model: str) -> dict:
     return dict(entry.recommended) if entry else {}
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -70,8 +85,13 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_backend(model: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = None) -> Backend:
+def load_backend(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> Backend:
     """Load `model` (see the module docstring for the accepted forms) as a Backend."""
     dt = resolve_dtype(dtype)
     if not isinstance(model, str) or not model.strip():
@@ -79,17 +99,21 @@ def load_backend(model: str, pretrained: str | None = None, *, device: str | tor
     shipped = _shipped()
     if model in shipped:
         entry = shipped[model]
-        return OpenClipBackend.load(f"local-dir:{entry.path}", device=device, dtype=dt) \
-            if entry.backend == "open_clip" else \
-            TransformersBackend.load(str(entry.path), device=device, dtype=dt)
+        return (
+            OpenClipBackend.load(f"local-dir:{entry.path}", device=device, dtype=dt)
+            if entry.backend == "open_clip"
+            else TransformersBackend.load(str(entry.path), device=device, dtype=dt)
+        )
     path = Path(model).expanduser()
     if path.is_dir():
         if (path / "open_clip_config.json").exists():
             return OpenClipBackend.load(f"local-dir:{path}", device=device, dtype=dt)
         if (path / "config.json").exists():
             return TransformersBackend.load(str(path), device=device, dtype=dt)
-        raise ModelLoadError(f"{path} is a directory but holds neither a transformers CLIP "
-                             "(config.json) nor an open_clip model (open_clip_config.json)")
+        raise ModelLoadError(
+            f"{path} is a directory but holds neither a transformers CLIP "
+            "(config.json) nor an open_clip model (open_clip_config.json)"
+        )
     if model.startswith(("hf-hub:", "local-dir:")):
         return OpenClipBackend.load(model, device=device, dtype=dt)
     import open_clip
@@ -99,11 +123,13 @@ def load_backend(model: str, pretrained: str | None = None, *, device: str | tor
             tags = [t for m, t in open_clip.list_pretrained() if m == model]
             raise ModelLoadError(
                 f"open_clip model {model!r} needs pretrained weights: pass --pretrained with a "
-                f"tag ({', '.join(tags[:8]) or 'none listed'}) or a checkpoint path")
+                f"tag ({', '.join(tags[:8]) or 'none listed'}) or a checkpoint path"
+            )
         return OpenClipBackend.load(model, pretrained, device=device, dtype=dt)
     if "/" in model and not path.exists() and model.count("/") == 1 and not model.startswith("."):
         return TransformersBackend.load(model, device=device, dtype=dt)
     raise ModelLoadError(
         f"unknown model {model!r}: not a shipped model ({', '.join(shipped) or 'none installed'}),"
         " a local model directory, an open_clip architecture name, 'hf-hub:org/repo', or a "
-        "transformers hub id 'org/name'")
+        "transformers hub id 'org/name'"
+    )

@@ -73,8 +73,8 @@ class MisalignmentReport:
         """The caption with misaligned words in [brackets] (or red, for terminals)."""
         out, pos = [], 0
         for w in self.words:
-            out.append(self.caption[pos:w.start])
-            text = self.caption[w.start:w.end]
+            out.append(self.caption[pos : w.start])
+            text = self.caption[w.start : w.end]
             if w.misaligned:
                 text = f"\x1b[1;31m{text}\x1b[0m" if color else f"[{text}]"
             out.append(text)

@@ -20,8 +20,13 @@ def f_clip_score(sum_negative_attribution: float, clip_score_value: float) -> fl
     return float(sum_negative_attribution) * (1.0 - float(clip_score_value) / 2.5)
 
 
-def select_misaligned(scores: list[float | None], *, mode: str = "threshold",
-                      threshold: float = -5e-5, eligible: list[bool] | None = None) -> list[int]:
+def select_misaligned(
+    scores: list[float | None],
+    *,
+    mode: str = "threshold",
+    threshold: float = -5e-5,
+    eligible: list[bool] | None = None,
+) -> list[int]:
     """Indices of misaligned words.
 
     scores: per-word scores (None = unscored, never selected).
@@ -31,8 +36,7 @@ def select_misaligned(scores: list[float | None], *, mode: str = "threshold",
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    cand = [i for i, s in enumerate(scores)
-            if s is not None and (eligible is None or eligible[i])]
+    cand = [i for i, s in enumerate(scores) if s is not None and (eligible is None or eligible[i])]
     if mode == "threshold":
         return [i for i in cand if scores[i] < threshold]
     return [min(cand, key=lambda i: scores[i])] if cand else []
@@ -48,4 +52,5 @@ def check_finite(name: str, value: float) -> None:
 
     if not math.isfinite(value):
         raise NonFiniteScoreError(
-            f"{name} is {value}: the model produced non-finite values (try --dtype fp32)")
+            f"{name} is {value}: the model produced non-finite values (try --dtype fp32)"
+        )

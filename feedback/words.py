@@ -62,8 +62,9 @@ class TokenLayout:
         return self.n_tokens > self.capacity
 
 
-def layout_tokens(template_words: list[str], caption_words: list[Word], counts: list[int],
-                  context_length: int) -> TokenLayout:
+def layout_tokens(
+    template_words: list[str], caption_words: list[Word], counts: list[int], context_length: int
+) -> TokenLayout:
     """Place words on token positions given each word's BPE token count.
 
     counts: tokens per word, template words first, then caption words.
@@ -73,7 +74,7 @@ def layout_tokens(template_words: list[str], caption_words: list[Word], counts: 
     capacity = context_length - 2
     pos = 1 + sum(counts[: len(template_words)])  # after SOT and the template
     slices: list[tuple[int, int] | None] = []
-    for c in counts[len(template_words):]:
+    for c in counts[len(template_words) :]:
         end = pos + c
         slices.append((pos, end) if end - 1 <= capacity and c > 0 else None)
         pos = end
@@ -87,5 +88,5 @@ def word_scores(token_scores: torch.Tensor, layout: TokenLayout) -> list[float |
     """
     out: list[float | None] = []
     for s in layout.slices:
-        out.append(None if s is None else float(token_scores[s[0]:s[1]].mean()))
+        out.append(None if s is None else float(token_scores[s[0] : s[1]].mean()))
     return out

@@ -22,9 +22,15 @@ def duplicate_mask(texts: list[str], captions: list[str]) -> torch.Tensor:
     return mask
 
 
-def hard_negative_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                            n_images: int, foils_per_image: int, dup_mask: torch.Tensor,
-                            hard_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+def hard_negative_clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    n_images: int,
+    foils_per_image: int,
+    dup_mask: torch.Tensor,
+    hard_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
     """Contrastive loss over B images and B + B*F texts (captions first, then foils by image).
 
     image_emb: (B, D) normalised; text_emb: (B*(1+F), D) normalised.
@@ -45,7 +51,8 @@ def hard_negative_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log
     loss = (loss_i + loss_t) / 2 + hard_weight * loss_h
     with torch.no_grad():
         stats = {
-            "loss": float(loss), "loss_contrastive": float((loss_i + loss_t) / 2),
+            "loss": float(loss),
+            "loss_contrastive": float((loss_i + loss_t) / 2),
             "loss_hard": float(loss_h),
             "acc_retrieval": float((logits[:, :b].argmax(1) == target).float().mean()),
             "prefer_true": (own[:, :1] > own[:, 1:]).float(),  # (B, F) per foil

@@ -33,9 +33,17 @@ def to_tensor(images, resolution: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-def make_batch(rng: np.random.Generator, batch_size: int, *, foils_per_image: int = 3,
-               resolution: int = 32, template: str = "A photo depicts ", p_template: float = 0.5,
-               p_period: float = 0.1, degradation: Degradation | None = None) -> ShapesBatch:
+def make_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    foils_per_image: int = 3,
+    resolution: int = 32,
+    template: str = "A photo depicts ",
+    p_template: float = 0.5,
+    p_period: float = 0.1,
+    degradation: Degradation | None = None,
+) -> ShapesBatch:
     """Render `batch_size` random scenes with a true caption and `foils_per_image` foils each.
 
     Foils cover different word kinds where the caption allows (color, shape, size, position,

@@ -39,10 +39,22 @@ def default_model_cfg() -> dict:
     images. (8 text layers cost 1.4x the step time on 2 CPU cores.)"""
     return {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32,
-                       "patch_size": 4, "mlp_ratio": 4.0},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4,
-                     "layers": 6, "mlp_ratio": 4.0},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 4,
+            "width": 128,
+            "head_width": 32,
+            "patch_size": 4,
+            "mlp_ratio": 4.0,
+        },
+        "text_cfg": {
+            "context_length": 32,
+            "vocab_size": 49408,
+            "width": 128,
+            "heads": 4,
+            "layers": 6,
+            "mlp_ratio": 4.0,
+        },
     }
 
 
@@ -92,10 +104,16 @@ def export(model: torch.nn.Module, cfg: TrainConfig, out: Path, summary: dict) -
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / "open_clip_model.safetensors")
-    preprocess = {"size": cfg.resolution, "mean": list(MEAN), "std": list(STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess = {
+        "size": cfg.resolution,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
     (out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg.model_cfg, "preprocess_cfg": preprocess}, indent=2))
+        json.dumps({"model_cfg": cfg.model_cfg, "preprocess_cfg": preprocess}, indent=2)
+    )
     (out / "training.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -111,11 +129,19 @@ def main(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = open_clip.model.CLIP(**cfg.model_cfg)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(
-        context_length=cfg.model_cfg["text_cfg"]["context_length"])
+        context_length=cfg.model_cfg["text_cfg"]["context_length"]
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -143,13 +169,19 @@ def main(cfg: TrainConfig) -> dict:
 
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
     t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_main_process,
-               desc="shapes-tiny")
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not accelerator.is_main_process, desc="shapes-tiny"
+    )
     running: dict[str, float] = {}
     kinds_seen: dict[str, list[float]] = {}
     while step < cfg.steps:
-        batch = make_batch(rng, cfg.batch_size, foils_per_image=cfg.foils_per_image,
-                           resolution=cfg.resolution, degradation=degradation)
+        batch = make_batch(
+            rng,
+            cfg.batch_size,
+            foils_per_image=cfg.foils_per_image,
+            resolution=cfg.resolution,
+            degradation=degradation,
+        )
         texts = batch.captions + [f for fs in batch.foils for f in fs]
         images = batch.images.to(accelerator.device)
         ids = tokenize(texts).to(accelerator.device)
@@ -157,8 +189,14 @@ def main(cfg: TrainConfig) -> dict:
         img = torch.nn.functional.normalize(unwrapped.encode_image(images), dim=-1)
         txt = torch.nn.functional.normalize(encode_text_truncated(unwrapped, ids), dim=-1)
         loss, stats = hard_negative_clip_loss(
-            img, txt, unwrapped.logit_scale, cfg.batch_size, cfg.foils_per_image,
-            duplicate_mask(texts, batch.captions), cfg.hard_weight)
+            img,
+            txt,
+            unwrapped.logit_scale,
+            cfg.batch_size,
+            cfg.foils_per_image,
+            duplicate_mask(texts, batch.captions),
+            cfg.hard_weight,
+        )
         accelerator.backward(loss)
         opt.step()
         sched.step()
@@ -175,10 +213,16 @@ def main(cfg: TrainConfig) -> dict:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{running['loss']:.3f}", ret=f"{running['acc_retrieval']:.2f}")
         if log is not None and step % 50 == 0:
-            rec = {"step": step, "minutes": (time.time() - t0) / 60, "lr": sched.get_last_lr()[0],
-                   **{k: round(v, 4) for k, v in running.items()},
-                   **{f"prefer_true_{k}": round(float(np.mean(v[-2000:])), 4)
-                      for k, v in kinds_seen.items()}}
+            rec = {
+                "step": step,
+                "minutes": (time.time() - t0) / 60,
+                "lr": sched.get_last_lr()[0],
+                **{k: round(v, 4) for k, v in running.items()},
+                **{
+                    f"prefer_true_{k}": round(float(np.mean(v[-2000:])), 4)
+                    for k, v in kinds_seen.items()
+                },
+            }
             log.write(json.dumps(rec) + "\n")
             log.flush()
         timed_out = cfg.max_minutes and (time.time() - t0) / 60 >= cfg.max_minutes
@@ -198,18 +242,24 @@ def main(cfg: TrainConfig) -> dict:
 
 
 def _summary(step, t0, running, kinds_seen) -> dict:
-    return {"steps": step, "minutes_this_run": round((time.time() - t0) / 60, 2),
-            **{k: round(v, 4) for k, v in running.items()},
-            **{f"prefer_true_{k}": round(float(np.mean(v[-2000:])), 4)
-               for k, v in kinds_seen.items()}}
+    return {
+        "steps": step,
+        "minutes_this_run": round((time.time() - t0) / 60, 2),
+        **{k: round(v, 4) for k, v in running.items()},
+        **{f"prefer_true_{k}": round(float(np.mean(v[-2000:])), 4) for k, v in kinds_seen.items()},
+    }
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     for f in fields(TrainConfig):
         if f.name == "model_cfg":
-            p.add_argument("--model-cfg", type=json.loads, default=None,
-                           help="JSON open_clip model config (default: the shapes-tiny one)")
+            p.add_argument(
+                "--model-cfg",
+                type=json.loads,
+                default=None,
+                help="JSON open_clip model config (default: the shapes-tiny one)",
+            )
         elif f.type in ("bool", bool):
             p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
         else:

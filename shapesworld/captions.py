@@ -60,17 +60,31 @@ def describe(scene: Scene, rng: np.random.Generator, *, p_size: float = 0.75) ->
     rel_first, rel_second = ("left", "right") if scene.axis == "x" else ("above", "below")
     style = rng.integers(0, 4)
     if style == 0:  # "A on the left and B on the right"
-        return build_caption(a + [("on", None), ("the", None), (first, 0), ("and", None)] + b
-                             + [("on", None), ("the", None), (second, 1)])
+        return build_caption(
+            a
+            + [("on", None), ("the", None), (first, 0), ("and", None)]
+            + b
+            + [("on", None), ("the", None), (second, 1)]
+        )
     if style == 1:  # "B on the right and A on the left"
-        return build_caption(b + [("on", None), ("the", None), (second, 1), ("and", None)] + a
-                             + [("on", None), ("the", None), (first, 0)])
+        return build_caption(
+            b
+            + [("on", None), ("the", None), (second, 1), ("and", None)]
+            + a
+            + [("on", None), ("the", None), (first, 0)]
+        )
     if style == 2:  # "A to the left of B" / "A above B"
-        mid = ([("to", None), ("the", None), ("left", 0), ("of", None)] if scene.axis == "x"
-               else [(rel_first, 0)])
+        mid = (
+            [("to", None), ("the", None), ("left", 0), ("of", None)]
+            if scene.axis == "x"
+            else [(rel_first, 0)]
+        )
         return build_caption(a + mid + b)
-    mid = ([("to", None), ("the", None), ("right", 1), ("of", None)] if scene.axis == "x"
-           else [(rel_second, 1)])
+    mid = (
+        [("to", None), ("the", None), ("right", 1), ("of", None)]
+        if scene.axis == "x"
+        else [(rel_second, 1)]
+    )
     return build_caption(b + mid + a)
 
 

@@ -70,8 +70,10 @@ def swap_objects(caption: Caption) -> str | None:
     objs = sorted({w.obj for w in caption.words if w.obj is not None and w.kind != "position"})
     if len(objs) != 2:
         return None
-    attrs = {o: {w.kind: w.text for w in caption.words if w.obj == o and w.kind != "position"}
-             for o in objs}
+    attrs = {
+        o: {w.kind: w.text for w in caption.words if w.obj == o and w.kind != "position"}
+        for o in objs
+    }
     a, b = objs
     out = []
     for w in caption.words:
@@ -101,8 +103,9 @@ class FoilExample:
 HELD_OUT_SEED = 1_000_000_007
 
 
-def foil_set(n: int, *, seed: int = HELD_OUT_SEED, kinds: tuple[str, ...] | None = None
-             ) -> list[FoilExample]:
+def foil_set(
+    n: int, *, seed: int = HELD_OUT_SEED, kinds: tuple[str, ...] | None = None
+) -> list[FoilExample]:
     """A deterministic FOIL set of `n` items, foil kinds balanced round-robin.
 
     The default seed is the held-out stream, disjoint from anything the training recipe draws.

@@ -60,8 +60,9 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
     xyz = c @ m.T / np.array([0.9505, 1.0, 1.089])
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
-                     200 * (f[..., 1] - f[..., 2])], -1)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
 
 
 _PALETTE_NAMES = list(COLORS)
@@ -79,8 +80,9 @@ def name_color(rgb: np.ndarray) -> str:
 def detect_objects(image: Image.Image, *, min_area: int | None = None) -> list[DetectedObject]:
     """Segment objects from the background and name their color, shape and size.
 
-    Background = median of the border pixels; foreground = pixels far from it in color; objects = 4-connected
-    components above `min_area` pixels (default scales with the image: 6 px at 32 px).
+    Background = median of the border pixels; foreground = pixels far from it in color;
+    objects = 4-connected components above `min_area` pixels (default scales with the
+    image: 6 px at 32 px).
     """
     arr = np.asarray(image.convert("RGB"), dtype=np.float64)
     h, w, _ = arr.shape

@@ -13,8 +13,9 @@ from .vocabulary import COLORS, REFERENCE_RESOLUTION
 _SUPERSAMPLE = 4
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, extent: float,
-               fill) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, extent: float, fill
+) -> None:
     """Draw one shape whose bounding box is `extent` wide and tall, centred on (cx, cy)."""
     h = extent / 2
     if shape == "circle":
@@ -31,7 +32,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, exte
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def shape_mask(shape: str, cx: float, cy: float, extent: float, size: tuple[int, int]) -> np.ndarray:
+def shape_mask(
+    shape: str, cx: float, cy: float, extent: float, size: tuple[int, int]
+) -> np.ndarray:
     """Fractional pixel coverage (H, W) in [0, 1] of an ideal shape; used by the oracle."""
     w, h = size
     s = _SUPERSAMPLE

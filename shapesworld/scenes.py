@@ -51,8 +51,13 @@ def _place(rng: np.random.Generator, extent: float, lo: float, hi: float) -> flo
     return float(rng.uniform(a, b)) if b > a else (lo + hi) / 2
 
 
-def sample_object(rng: np.random.Generator, *, color: str | None = None, shape: str | None = None,
-                  size: str | None = None) -> tuple[str, str, str, float]:
+def sample_object(
+    rng: np.random.Generator,
+    *,
+    color: str | None = None,
+    shape: str | None = None,
+    size: str | None = None,
+) -> tuple[str, str, str, float]:
     color = color or str(rng.choice(list(COLORS)))
     shape = shape or str(rng.choice(SHAPES))
     size = size or str(rng.choice(list(SIZES)))

@@ -30,13 +30,20 @@ def make_open_clip(seed: int = 0, cfg: dict = TINY_CFG):
 
 def save_open_clip_dir(model, folder, cfg: dict = TINY_CFG):
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              folder / "open_clip_model.safetensors")
-    pre = {"size": cfg["vision_cfg"]["image_size"], "mean": [0.48145466, 0.4578275, 0.40821073],
-           "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
-           "resize_mode": "shortest"}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg,
-                                                              "preprocess_cfg": pre}))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        folder / "open_clip_model.safetensors",
+    )
+    pre = {
+        "size": cfg["vision_cfg"]["image_size"],
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": pre})
+    )
     return folder
 
 

@@ -20,11 +20,16 @@ def reference_word_scores(folder, image, caption, layers=3):
     model = CLIPModel.from_pretrained(folder, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(folder)
     size = model.config.vision_config.image_size
-    proc = CLIPImageProcessor(size={"shortest_edge": size},
-                              crop_size={"height": size, "width": size})
+    proc = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
     text = TEMPLATE + caption
-    ids = tok([text], padding="max_length", max_length=model.config.text_config.max_position_embeddings,
-              return_tensors="pt").input_ids
+    ids = tok(
+        [text],
+        padding="max_length",
+        max_length=model.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    ).input_ids
     px = proc(images=[image], return_tensors="pt").pixel_values
     out = model(input_ids=ids, pixel_values=px, output_attentions=True)
     s = (out.image_embeds * out.text_embeds).sum()
@@ -40,10 +45,10 @@ def reference_word_scores(folder, image, caption, layers=3):
     counts = [len(tok(w, add_special_tokens=False).input_ids) for w in words]
     scores, pos = [], 0
     for c in counts:
-        scores.append(float(token_scores[pos:pos + c].mean().detach()))
+        scores.append(float(token_scores[pos : pos + c].mean().detach()))
         pos += c
     assert pos == eot - 1
-    return scores[len(TEMPLATE.split()):], float(s)
+    return scores[len(TEMPLATE.split()) :], float(s)
 
 
 def test_parity_with_reference_formula(tiny_hf_dir, images):
@@ -78,8 +83,12 @@ def test_backends_agree_on_same_weights(tiny_open_clip_dir, tiny_hf_dir, images)
 def test_text_forward_matches_stock_model(which, request):
     det = MisalignmentDetector.from_pretrained(str(request.getfixturevalue(which)))
     b = det.backend
-    ids = b.tokenize(["A photo depicts a red circle",
-                      "A photo depicts a large blue square on the left and a small red cross"])
+    ids = b.tokenize(
+        [
+            "A photo depicts a red circle",
+            "A photo depicts a large blue square on the left and a small red cross",
+        ]
+    )
     eot = b.eot_positions(ids)
     n = int(eot.max()) + 1
     stock = b.encode_text(ids)
@@ -113,12 +122,15 @@ def test_no_autograd_in_image_tower_or_early_layers(tiny_open_clip_dir, images):
     def probe(name):
         def hook(module, args):
             seen[name] = torch.is_grad_enabled()
+
         return hook
 
     model = det.backend.model
-    handles = [model.visual.register_forward_pre_hook(probe("visual")),
-               det.backend.blocks[0].register_forward_pre_hook(probe("text0")),
-               det.backend.blocks[1].register_forward_pre_hook(probe("text1"))]
+    handles = [
+        model.visual.register_forward_pre_hook(probe("visual")),
+        det.backend.blocks[0].register_forward_pre_hook(probe("text0")),
+        det.backend.blocks[1].register_forward_pre_hook(probe("text1")),
+    ]
     try:
         det(*images[0])
     finally:

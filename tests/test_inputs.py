@@ -20,7 +20,7 @@ from feedback.cli import main
 def test_every_pil_mode_is_converted(mode, tmp_path, images):
     base = images[0][0]
     if mode == "I;16":
-        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        arr = np.asarray(base.convert("L"), dtype=np.uint16) * 257
         img = Image.fromarray(arr)
         assert img.mode == "I;16"
     elif mode == "F":
@@ -49,8 +49,19 @@ def run_cli(argv, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("case", ["missing", "not_image", "directory", "empty", "blank",
-                                  "unknown_model", "missing_dir_model", "arch_without_tag"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not_image",
+        "directory",
+        "empty",
+        "blank",
+        "unknown_model",
+        "missing_dir_model",
+        "arch_without_tag",
+    ],
+)
 def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_open_clip_dir, images, capsys):
     img = tmp_path / "ok.png"
     images[0][0].save(img)
@@ -93,10 +104,17 @@ def test_weights_not_available_offline(tmp_path, images):
     img = tmp_path / "ok.png"
     images[0][0].save(img)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for model in (["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
-                  ["--model", "openai/clip-vit-base-patch32"]):
-        proc = subprocess.run([sys.executable, "-m", "feedback.cli", "check", str(img), "a cat",
-                               *model], capture_output=True, text=True, env=env, timeout=120)
+    for model in (
+        ["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+        ["--model", "openai/clip-vit-base-patch32"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "feedback.cli", "check", str(img), "a cat", *model],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "cannot load" in lines[0], proc.stderr
@@ -106,30 +124,49 @@ def test_cli_json_contract_on_local_transformers_dir(tmp_path, tiny_hf_dir, imag
     img = tmp_path / "img.png"
     images[1][0].save(img)
     caption = images[1][1] + "."
-    code, out, _ = run_cli(["check", str(img), caption, "--model", str(tiny_hf_dir), "--json",
-                            "--threshold", "0"], capsys)
+    code, out, _ = run_cli(
+        ["check", str(img), caption, "--model", str(tiny_hf_dir), "--json", "--threshold", "0"],
+        capsys,
+    )
     assert code == 0
     d = json.loads(out)
-    for key in ("caption", "clip_score", "f_clip_score", "sum_negative_attribution",
-                "misaligned_words", "words"):
+    for key in (
+        "caption",
+        "clip_score",
+        "f_clip_score",
+        "sum_negative_attribution",
+        "misaligned_words",
+        "words",
+    ):
         assert key in d
     assert d["caption"] == caption
     for w in d["words"]:
         assert set(w) >= {"word", "start", "end", "score", "misaligned"}
-        assert caption[w["start"]:w["end"]] == w["word"]
+        assert caption[w["start"] : w["end"]] == w["word"]
     neg = [w for w in d["words"] if w["misaligned"]]
     assert d["misaligned_words"] == [w["word"] for w in neg]
     assert all(w["score"] < 0 for w in neg) and all(w["word"] != "." for w in neg)
     assert d["sum_negative_attribution"] == pytest.approx(sum(w["score"] for w in neg))
     assert d["f_clip_score"] == pytest.approx(
-        d["sum_negative_attribution"] * (1 - d["clip_score"] / 2.5))
+        d["sum_negative_attribution"] * (1 - d["clip_score"] / 2.5)
+    )
 
 
 def test_cli_readable_output_marks_misaligned(tmp_path, tiny_open_clip_dir, images, capsys):
     img = tmp_path / "img.png"
     images[0][0].save(img)
-    code, out, _ = run_cli(["check", str(img), images[0][1], "--model", str(tiny_open_clip_dir),
-                            "--mode", "most-negative"], capsys)
+    code, out, _ = run_cli(
+        [
+            "check",
+            str(img),
+            images[0][1],
+            "--model",
+            str(tiny_open_clip_dir),
+            "--mode",
+            "most-negative",
+        ],
+        capsys,
+    )
     assert code == 0
     assert out.count("<-- misaligned") == 1 and "[" in out.splitlines()[0]
 

@@ -19,7 +19,7 @@ def test_split_words_spans_and_punctuation():
     words = split_words(cap)
     assert [w.text for w in words] == ["A", "red", "circle", ",", "a", "blue", "square", "."]
     for w in words:
-        assert cap[w.start:w.end] == w.text
+        assert cap[w.start : w.end] == w.text
     assert [w.is_punctuation for w in words].count(True) == 2
     # Other punctuation stays attached to its word, as in the reference.
     assert [w.text for w in split_words("dogs!! ok")] == ["dogs!!", "ok"]

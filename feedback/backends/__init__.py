@@ -4,5 +4,12 @@ from .base import Backend, BlockView, attributed_text_forward, cosine, encode_te
 from .open_clip import OpenClipBackend
 from .transformers import TransformersBackend
 
-__all__ = ["Backend", "BlockView", "OpenClipBackend", "TransformersBackend",
-           "attributed_text_forward", "cosine", "encode_text_fast"]
+__all__ = [
+    "Backend",
+    "BlockView",
+    "OpenClipBackend",
+    "TransformersBackend",
+    "attributed_text_forward",
+    "cosine",
+    "encode_text_fast",
+]

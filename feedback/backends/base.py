@@ -105,8 +105,9 @@ def causal_mask(n: int, device, dtype=torch.float32) -> torch.Tensor:
     return torch.full((n, n), float("-inf"), device=device, dtype=dtype).triu_(1)
 
 
-def attributed_text_forward(backend: Backend, ids: torch.Tensor, eot: torch.Tensor, layers: int
-                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def attributed_text_forward(
+    backend: Backend, ids: torch.Tensor, eot: torch.Tensor, layers: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Text embeddings with the last `layers` blocks' attention probabilities in the graph.
 
     ids: (B, L) token ids, already cut after the batch's last EOT (the mask is causal and the
@@ -145,7 +146,7 @@ def attributed_text_forward(backend: Backend, ids: torch.Tensor, eot: torch.Tens
             m = torch.where(key_pos[None, :] > eot[:, None], float("-inf"), 0.0)[:, None, None]
         else:
             m = mask
-        scores = (q.float() * d ** -0.5) @ k.float().transpose(-1, -2) + m
+        scores = (q.float() * d**-0.5) @ k.float().transpose(-1, -2) + m
         probs = scores.softmax(dim=-1)
         if not probs.requires_grad:
             probs.requires_grad_(True)

@@ -25,12 +25,16 @@ class OpenClipBackend(Backend):
         # CLIP keeps the text tower on the model itself; CustomTextCLIP keeps it in `.text`.
         text = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
         if text is None or not hasattr(text, "transformer") or not hasattr(text, "token_embedding"):
-            raise ModelLoadError(f"{name}: only CLIP-style text transformers are supported "
-                                 "(this model's text tower is not an open_clip TextTransformer)")
+            raise ModelLoadError(
+                f"{name}: only CLIP-style text transformers are supported "
+                "(this model's text tower is not an open_clip TextTransformer)"
+            )
         pool = getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax"))
         if pool != "argmax" or getattr(text, "attn_mask", None) is None:
-            raise ModelLoadError(f"{name}: CLIP4DM needs a causal text tower pooled at EOT "
-                                 f"(pool_type 'argmax'); this one uses {pool!r}")
+            raise ModelLoadError(
+                f"{name}: CLIP4DM needs a causal text tower pooled at EOT "
+                f"(pool_type 'argmax'); this one uses {pool!r}"
+            )
         if not hasattr(tokenizer, "encode"):
             raise ModelLoadError(f"{name}: only open_clip's CLIP BPE tokenizer is supported")
         self.text = text
@@ -44,14 +48,21 @@ class OpenClipBackend(Backend):
         self._count_cache: dict[str, int] = {}
 
     @classmethod
-    def load(cls, name: str, pretrained: str | None = None, *, device="cpu",
-             dtype: torch.dtype = torch.float32) -> OpenClipBackend:
+    def load(
+        cls,
+        name: str,
+        pretrained: str | None = None,
+        *,
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> OpenClipBackend:
         import open_clip
 
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, precision=precision)
+                name, pretrained=pretrained, device=device, precision=precision
+            )
             tokenizer = open_clip.get_tokenizer(name)
         except Exception as e:  # open_clip raises many types; say what was asked for
             what = f"{name}" + (f" (pretrained={pretrained})" if pretrained else "")
@@ -102,8 +113,9 @@ class OpenClipBackend(Backend):
         def qkv(h):
             return F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
 
-        return BlockView(blk.ln_1, qkv, attn.out_proj, blk.ln_2, blk.mlp, attn.num_heads,
-                         blk.ls_1, blk.ls_2)
+        return BlockView(
+            blk.ln_1, qkv, attn.out_proj, blk.ln_2, blk.mlp, attn.num_heads, blk.ls_1, blk.ls_2
+        )
 
     def text_head(self, x_eot: torch.Tensor) -> torch.Tensor:
         x = self.text.ln_final(x_eot)
@@ -113,4 +125,3 @@ class OpenClipBackend(Backend):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.model.encode_text(ids)
-

@@ -29,36 +29,45 @@ class TransformersBackend(Backend):
         self.layers = tm.encoder.layers
         self.num_text_layers = len(self.layers)
         self.context_length = int(model.config.text_config.max_position_embeddings)
-        self.eos_token_id = getattr(tm, "eos_token_id", None) or model.config.text_config.eos_token_id
+        self.eos_token_id = (
+            getattr(tm, "eos_token_id", None) or model.config.text_config.eos_token_id
+        )
         self._count_cache: dict[str, int] = {}
 
     @classmethod
-    def load(cls, name: str, *, device="cpu", dtype: torch.dtype = torch.float32
-             ) -> TransformersBackend:
+    def load(
+        cls, name: str, *, device="cpu", dtype: torch.dtype = torch.float32
+    ) -> TransformersBackend:
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         try:
             model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
         except Exception as e:
-            raise ModelLoadError(f"cannot load transformers CLIPModel {name!r}: {short_reason(e)}") from e
+            raise ModelLoadError(
+                f"cannot load transformers CLIPModel {name!r}: {short_reason(e)}"
+            ) from e
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
         except Exception as e:
-            raise ModelLoadError(f"{name!r} has no usable CLIP tokenizer files (vocab.json + "
-                                 f"merges.txt or tokenizer.json): {short_reason(e)}") from e
+            raise ModelLoadError(
+                f"{name!r} has no usable CLIP tokenizer files (vocab.json + "
+                f"merges.txt or tokenizer.json): {short_reason(e)}"
+            ) from e
         local = Path(name)
         if local.is_dir() and not (local / "preprocessor_config.json").exists():
             # A bare save_pretrained(model) folder: CLIP's standard preprocessing at the
             # model's own resolution.
             size = model.config.vision_config.image_size
-            processor = CLIPImageProcessor(size={"shortest_edge": size},
-                                           crop_size={"height": size, "width": size})
+            processor = CLIPImageProcessor(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            )
         else:
             try:
                 processor = CLIPImageProcessor.from_pretrained(name)
             except Exception as e:
-                raise ModelLoadError(f"cannot load the image processor of {name!r}: {short_reason(e)}"
-                                     ) from e
+                raise ModelLoadError(
+                    f"cannot load the image processor of {name!r}: {short_reason(e)}"
+                ) from e
         return cls(model, tokenizer, processor, name=name)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
@@ -71,8 +80,13 @@ class TransformersBackend(Backend):
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding="max_length", truncation=True,
-                             max_length=self.context_length, return_tensors="pt")
+        enc = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
         return enc["input_ids"].to(self.device)
 
     def count_tokens(self, words: list[str]) -> list[int]:
@@ -106,8 +120,9 @@ class TransformersBackend(Backend):
         def qkv(h):
             return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
 
-        return BlockView(layer.layer_norm1, qkv, attn.out_proj, layer.layer_norm2, layer.mlp,
-                         attn.num_heads)
+        return BlockView(
+            layer.layer_norm1, qkv, attn.out_proj, layer.layer_norm2, layer.mlp, attn.num_heads
+        )
 
     def text_head(self, x_eot: torch.Tensor) -> torch.Tensor:
         return self.model.text_projection(self.text.final_layer_norm(x_eot))
@@ -116,4 +131,3 @@ class TransformersBackend(Backend):
         with torch.no_grad():
             out = self.model.get_text_features(input_ids=ids)
         return out if isinstance(out, torch.Tensor) else out.pooler_output
-
