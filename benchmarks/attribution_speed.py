@@ -15,6 +15,7 @@ CPU has no allocator counter). Weights are random: the shape, not the weights, s
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import tempfile
@@ -31,10 +32,19 @@ from feedback.registry import shipped_model
 from shapesworld import describe, render_scene, sample_scene
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS so RSS growth reflects this run's allocations."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 class PeakRSS:
     """Peak resident-set growth (MiB) while the block runs, sampled every 2 ms."""
 
     def __enter__(self):
+        _release_free_memory()
         self.proc = psutil.Process(os.getpid())
         self.base = self.peak = self.proc.memory_info().rss
         self.stop = False

@@ -89,6 +89,10 @@ def evaluate(
             select_misaligned(scores, mode="most-negative", eligible=content) if content else None
         )
         chosen = select_misaligned(scores, mode=mode, threshold=threshold, eligible=eligible)
+        # Word P/R/F1 always judge the threshold-mode words (the paper's protocol).
+        chosen_thr = select_misaligned(
+            scores, mode="threshold", threshold=threshold, eligible=eligible
+        )
         labels = (
             s.word_labels
             if s.word_labels is not None
@@ -103,6 +107,7 @@ def evaluate(
                 pick=pick,
                 pick_c=pick_c,
                 chosen=chosen,
+                chosen_thr=chosen_thr,
                 labels=labels,
             )
         )
@@ -144,7 +149,7 @@ def evaluate(
         out = {"n": len(subset), "la": la(subset), "ap_clipscore": ap_c, "ap_fclipscore": ap_f}
         if content_word:
             out["la_content"] = la(subset, "pick_c")
-        out.update(prf(subset, lambda row: row["chosen"]))
+        out.update(prf(subset, lambda row: row["chosen_thr"]))
         human = [
             (fclip(row, row["chosen"]), row["sample"].human_score)
             for row in subset
