@@ -44,6 +44,7 @@ class DetectorConfig:
     method: "gradient" (CLIP4DM) or "occlusion" (leave-one-word-out drop in cosine; costs one
         extra text forward per word, no backward).
     batch_size: pairs per forward/backward in `detect`.
+    ablation_relu: clamp G*A at 0 (Chefer et al.). Not CLIP4DM; for comparisons only.
     """
 
     layers: int = 3
@@ -52,6 +53,7 @@ class DetectorConfig:
     mode: str = "threshold"
     method: str = "gradient"
     batch_size: int = 32
+    ablation_relu: bool = False
 
     def __post_init__(self):
         if not isinstance(self.layers, int) or self.layers < 1:
@@ -226,7 +228,12 @@ class MisalignmentDetector:
             txt, attns = attributed_text_forward(self.backend, ids, eot, self.config.layers)
             s = cosine(img, txt)
             grads = torch.autograd.grad(s.sum(), attns)
-        r = relevance([eot_cam(a.detach(), g, eot) for a, g in zip(attns, grads)])
+        r = relevance(
+            [
+                eot_cam(a.detach(), g, eot, relu=self.config.ablation_relu)
+                for a, g in zip(attns, grads)
+            ]
+        )
         return [
             self._report(p, float(c), word_scores(r[b], p.layout))
             for b, (p, c) in enumerate(zip(prepared, s.detach()))

@@ -1,0 +1,93 @@
+"""ShapesWorld: deterministic scenes, the pixel oracle's accuracy, and foils that contradict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shapesworld import (
+    Degradation,
+    describe,
+    foil_set,
+    judge,
+    make_foil,
+    parse_caption,
+    render_scene,
+    sample_scene,
+    swap_objects,
+)
+from shapesworld.vocabulary import COLORS, SHAPES
+
+
+def test_rendering_is_deterministic():
+    a = render_scene(sample_scene(np.random.default_rng(3)))
+    b = render_scene(sample_scene(np.random.default_rng(3)))
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and a.size == (32, 32)
+
+
+def test_vocabulary_sizes():
+    assert len(COLORS) >= 8 and len(SHAPES) >= 4
+
+
+@pytest.mark.parametrize("degrade", [False, True])
+def test_oracle_word_accuracy(degrade):
+    rng = np.random.default_rng(11)
+    deg = Degradation(p=1.0)
+    total = right = 0
+    for _ in range(400):
+        scene = sample_scene(rng)
+        cap = describe(scene, rng)
+        img = render_scene(scene)
+        if degrade:
+            img = deg(img, rng)
+        for w in judge(img, cap.text).words:
+            if w.kind:
+                total += 1
+                right += w.correct is True
+    acc = right / total
+    assert acc >= (0.98 if degrade else 0.99), acc
+
+
+def test_oracle_flags_exactly_the_foil_word():
+    for ex in foil_set(80):
+        j = judge(ex.image(), ex.foil.foil)
+        assert j.wrong_words == [ex.foil.word_index], (ex.foil, j.objects)
+
+
+def test_oracle_on_64px_images():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        scene = sample_scene(rng)
+        cap = describe(scene, rng)
+        assert judge(render_scene(scene, 64), cap.text).all_correct
+
+
+def test_foils_swap_one_word_of_the_asked_kind():
+    rng = np.random.default_rng(0)
+    for kind in ("color", "shape", "size", "position"):
+        scene = sample_scene(rng, 2)
+        while True:
+            cap = describe(scene, rng)
+            if any(w.kind == kind for w in cap.words):
+                break
+        f = make_foil(cap, rng, kind)
+        a, b = cap.text.split(), f.foil.split()
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        assert diff == [f.word_index] and f.foil[f.start : f.end] == f.foil_word
+    with pytest.raises(ValueError, match="no size word"):
+        make_foil(describe(scene, np.random.default_rng(1), p_size=0.0), rng, "size")
+
+
+def test_held_out_set_is_balanced_and_stable():
+    fs = foil_set(40)
+    assert [e.foil.kind for e in fs[:4]] == ["color", "shape", "size", "position"]
+    assert [e.foil.foil for e in fs] == [e.foil.foil for e in foil_set(40)]
+
+
+def test_parse_and_swap():
+    words, phrases, rels = parse_caption("a small red circle to the left of a blue square")
+    assert len(phrases) == 2 and rels[0].relation == "left" and rels[0].other == 1
+    scene = sample_scene(np.random.default_rng(2), 2)
+    cap = describe(scene, np.random.default_rng(4))
+    swapped = swap_objects(cap)
+    assert swapped is None or swapped != cap.text
