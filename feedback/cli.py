@@ -52,6 +52,10 @@ def _cmd_check(args) -> int:
     image = load_image(args.image)  # fail on a bad image before loading a model
     det = _detector(args)
     report = det(image, args.caption)
+    if args.figure:
+        from .figures import render_report
+
+        render_report(image, report).save(args.figure)
     if args.json:
         d = report.to_dict()
         print(
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("caption")
     _add_detector_args(c)
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--figure", default=None, help="also save a picture of the report (PNG)")
     c.set_defaults(func=_cmd_check)
     from . import cli_data
 
