@@ -198,3 +198,17 @@ def test_detect_validates_lengths_and_types(tiny_open_clip_dir, images):
         det.detect([images[0][0]], "a red circle")
     with pytest.raises(InputError, match="must be a string"):
         det(images[0][0], None)
+
+
+def test_figure_shows_misaligned_words(tmp_path, tiny_open_clip_dir, images, capsys):
+    img = tmp_path / "img.png"
+    images[0][0].save(img)
+    fig = tmp_path / "fig.png"
+    code = main(["check", str(img), images[0][1], "--model", str(tiny_open_clip_dir),
+                 "--mode", "most-negative", "--figure", str(fig)])
+    assert code == 0
+    out = Image.open(fig)
+    arr = np.asarray(out.convert("RGB"))
+    assert out.size[0] > 256 and out.size[1] >= 256
+    # The misaligned word is underlined in red (200, 0, 0).
+    assert ((arr[..., 0] == 200) & (arr[..., 1] == 0) & (arr[..., 2] == 0)).sum() > 10
