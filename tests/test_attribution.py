@@ -48,7 +48,7 @@ def reference_word_scores(folder, image, caption, layers=3):
         scores.append(float(token_scores[pos : pos + c].mean().detach()))
         pos += c
     assert pos == eot - 1
-    return scores[len(TEMPLATE.split()) :], float(s)
+    return scores[len(TEMPLATE.split()) :], float(s.detach())
 
 
 def test_parity_with_reference_formula(tiny_hf_dir, images):
