@@ -75,19 +75,20 @@ def evaluate(
     for s, r in zip(samples, reports):
         scores = [w.score for w in r.words]
         eligible = [not sw.is_punctuation for sw in split_words(r.caption)]
-        if picker == "random":
-            cand = [i for i, (e, sc) in enumerate(zip(eligible, scores)) if e and sc is not None]
-            pick = [int(rng.choice(cand))] if cand else []
-        else:
-            pick = select_misaligned(scores, mode="most-negative", eligible=eligible)
         content = (
             [e and content_word(w.word) for e, w in zip(eligible, r.words)]
             if content_word
             else None
         )
-        pick_c = (
-            select_misaligned(scores, mode="most-negative", eligible=content) if content else None
-        )
+
+        def pick_from(allowed, scores=scores):
+            if picker == "random":
+                cand = [i for i, (e, sc) in enumerate(zip(allowed, scores)) if e and sc is not None]
+                return [int(rng.choice(cand))] if cand else []
+            return select_misaligned(scores, mode="most-negative", eligible=allowed)
+
+        pick = pick_from(eligible)
+        pick_c = pick_from(content) if content else None
         chosen = select_misaligned(scores, mode=mode, threshold=threshold, eligible=eligible)
         # Word P/R/F1 always judge the threshold-mode words (the paper's protocol).
         chosen_thr = select_misaligned(
