@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from feedback import InputError, MisalignmentDetector, load_image
@@ -204,11 +205,32 @@ def test_figure_shows_misaligned_words(tmp_path, tiny_open_clip_dir, images, cap
     img = tmp_path / "img.png"
     images[0][0].save(img)
     fig = tmp_path / "fig.png"
-    code = main(["check", str(img), images[0][1], "--model", str(tiny_open_clip_dir),
-                 "--mode", "most-negative", "--figure", str(fig)])
+    code = main(
+        [
+            "check",
+            str(img),
+            images[0][1],
+            "--model",
+            str(tiny_open_clip_dir),
+            "--mode",
+            "most-negative",
+            "--figure",
+            str(fig),
+        ]
+    )
     assert code == 0
     out = Image.open(fig)
     arr = np.asarray(out.convert("RGB"))
     assert out.size[0] > 256 and out.size[1] >= 256
     # The misaligned word is underlined in red (200, 0, 0).
     assert ((arr[..., 0] == 200) & (arr[..., 1] == 0) & (arr[..., 2] == 0)).sum() > 10
+
+
+def test_nan_scores_raise_a_clear_error(tiny_open_clip_dir, images):
+    from feedback import NonFiniteScoreError
+
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    with torch.no_grad():
+        det.backend.model.text_projection.fill_(float("nan"))
+    with pytest.raises(NonFiniteScoreError, match="non-finite"):
+        det(*images[0])
