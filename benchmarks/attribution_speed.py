@@ -9,7 +9,8 @@
     pair per call, text padded to the context, one `autograd.grad` per layer.
 All three start from PIL images and caption strings. Prints pairs/s (best of --repeat runs),
 the ratios b/a and b/c for batch sizes 1, 8 and 32, and the peak RSS growth during each run
-(a sampled estimate: CPU has no allocator counter). Weights are random: the shape, not the weights, sets the cost.
+(a sampled estimate: CPU has no allocator counter). Weights are random: the shape, not the
+weights, sets the cost.
 """
 
 from __future__ import annotations
