@@ -45,7 +45,7 @@ def _fmt(v) -> str:
 def _cmd_eval(args) -> int:
     from .cli import _detector
     from .datasets import load_benchmark
-    from .evaluate import nli_entailment, run_benchmark
+    from .evaluate import detect_samples, nli_entailment, run_benchmark
 
     kwargs = {}
     if args.benchmark == "shapes-foil":
@@ -64,16 +64,18 @@ def _cmd_eval(args) -> int:
         def content(w):
             return w.lower() in WORD_KINDS
 
+    reports, seconds = detect_samples(det, samples)
     result = run_benchmark(
         det,
         samples,
+        reports=reports,
+        seconds=seconds,
         benchmark=args.benchmark,
         content_word=content,
         picker="random" if args.baseline else "most-negative",
         mode=args.mode,
     )
     if args.nli_model and args.benchmark == "seetrue":
-        reports = det.detect([s.image for s in samples], [s.caption for s in samples])
         pairs = [
             (s.misalignment_text, " ".join(r.misaligned_words) or "nothing")
             for s, r in zip(samples, reports)

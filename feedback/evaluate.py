@@ -128,13 +128,24 @@ def evaluate(
         r = row["report"]
         return f_clip_score(sum_negative_attribution(row["scores"], chosen), r.clip_score)
 
-    def aps(subset, chosen_key="chosen"):
+    def labels_of(subset):
         lab = [row["sample"].is_original for row in subset]
-        if any(x is None for x in lab):
-            return math.nan, math.nan
+        return None if any(x is None for x in lab) else lab
+
+    def ap_clip(subset) -> float:
+        lab = labels_of(subset)
         return (
-            average_precision(lab, [row["report"].clip_score for row in subset]),
-            average_precision(lab, [fclip(row, row[chosen_key]) for row in subset]),
+            math.nan
+            if lab is None
+            else average_precision(lab, [row["report"].clip_score for row in subset])
+        )
+
+    def ap_fclip(subset, chosen_of) -> float:
+        lab = labels_of(subset)
+        return (
+            math.nan
+            if lab is None
+            else average_precision(lab, [fclip(row, chosen_of(row)) for row in subset])
         )
 
     def prf(subset, chosen_of):
@@ -146,8 +157,12 @@ def evaluate(
         return word_prf(pred, true)
 
     def summary(subset) -> dict:
-        ap_c, ap_f = aps(subset)
-        out = {"n": len(subset), "la": la(subset), "ap_clipscore": ap_c, "ap_fclipscore": ap_f}
+        out = {
+            "n": len(subset),
+            "la": la(subset),
+            "ap_clipscore": ap_clip(subset),
+            "ap_fclipscore": ap_fclip(subset, lambda row: row["chosen"]),
+        }
         if content_word:
             out["la_content"] = la(subset, "pick_c")
         out.update(prf(subset, lambda row: row["chosen_thr"]))
@@ -170,16 +185,20 @@ def evaluate(
         per_kind[k] = summary(sub)
     sweep_rows = []
     for eps in sweep:
-
-        def chosen_at(row, eps=eps):
-            return select_misaligned(
+        # One threshold-mode selection per row and eps, shared by P/R/F1 and the AP.
+        chosen = {
+            id(row): select_misaligned(
                 row["scores"], mode="threshold", threshold=eps, eligible=row["eligible"]
             )
+            for row in rows
+        }
 
-        for row in rows:
-            row["_sweep"] = chosen_at(row)
-        ap_c, ap_f = aps(rows, "_sweep")
-        sweep_rows.append({"threshold": eps, **prf(rows, chosen_at), "ap_fclipscore": ap_f})
+        def chosen_at(row, chosen=chosen):
+            return chosen[id(row)]
+
+        sweep_rows.append(
+            {"threshold": eps, **prf(rows, chosen_at), "ap_fclipscore": ap_fclip(rows, chosen_at)}
+        )
     return EvalResult(
         benchmark,
         {"mode": mode, "threshold": threshold, "picker": picker, **(settings or {})},
@@ -191,15 +210,29 @@ def evaluate(
     )
 
 
-def run_benchmark(
-    detector, samples: list[Sample], *, benchmark: str, progress: bool = True, **kwargs
-) -> EvalResult:
-    """Detect on every sample (batched), then `evaluate`."""
+def detect_samples(detector, samples: list[Sample], *, progress: bool = True):
+    """Reports for every sample (batched) and the seconds it took."""
     t = time.perf_counter()
     reports = detector.detect(
         [s.image for s in samples], [s.caption for s in samples], progress=progress
     )
-    seconds = time.perf_counter() - t
+    return reports, time.perf_counter() - t
+
+
+def run_benchmark(
+    detector,
+    samples: list[Sample],
+    *,
+    benchmark: str,
+    progress: bool = True,
+    reports: list[MisalignmentReport] | None = None,
+    seconds: float = 0.0,
+    **kwargs,
+) -> EvalResult:
+    """Detect on every sample (unless `reports` from `detect_samples` are given), then
+    `evaluate` with the detector's settings recorded."""
+    if reports is None:
+        reports, seconds = detect_samples(detector, samples, progress=progress)
     settings = {k: v for k, v in detector.config.to_dict().items() if k != "batch_size"}
     settings["model"] = detector.backend.name
     settings.pop("threshold", None)
@@ -236,4 +269,4 @@ def nli_entailment(model_path: str, premises: list[str], hypotheses: list[str]) 
     return out
 
 
-__all__ = ["EvalResult", "evaluate", "nli_entailment", "run_benchmark"]
+__all__ = ["EvalResult", "detect_samples", "evaluate", "nli_entailment", "run_benchmark"]
