@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,9 +24,8 @@ from .scores import (
     select_misaligned,
     sum_negative_attribution,
 )
-from .words import TokenLayout, join_template, layout_tokens, split_words, word_scores
+from .words import TokenLayout, join_template, layout_tokens, shorten, split_words, word_scores
 
-logger = logging.getLogger(__name__)
 
 METHODS = ("gradient", "occlusion")
 
@@ -64,8 +62,13 @@ class DetectorConfig:
             raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.threshold != self.threshold:
-            raise InputError("threshold is NaN")
+        if not isinstance(self.threshold, (int, float)) or self.threshold != self.threshold:
+            raise InputError(f"threshold must be a number, got {self.threshold!r}")
+        if self.threshold > 0:
+            raise InputError(
+                f"threshold must be <= 0, got {self.threshold}: a positive eps would flag words "
+                "the image supports (positive scores)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +97,6 @@ class MisalignmentDetector:
                 f"layers={self.config.layers} but {backend.name} has only "
                 f"{backend.num_text_layers} text layers"
             )
-        self._template_words = [w.text for w in split_words(self.config.template)]
 
     @classmethod
     def from_pretrained(
@@ -177,19 +179,27 @@ class MisalignmentDetector:
             raise InputError(f"caption must be a string, got {type(caption).__name__}")
         if not caption.strip():
             raise InputError("caption is empty or whitespace-only")
-        words = split_words(caption)
-        counts = self.backend.count_tokens(self._template_words + [w.text for w in words])
-        layout = layout_tokens(self._template_words, words, counts, self.backend.context_length)
+        text = join_template(self.config.template, caption)
+        offset = len(text) - len(caption)
+        layout = layout_tokens(
+            split_words(caption),
+            self.backend.token_spans(text),
+            offset,
+            self.backend.context_length,
+        )
         if layout.truncated:
-            cut = [w.text for w, s in zip(words, layout.slices) if s is None]
+            cut = [
+                w.text
+                for w, s in zip(layout.words, layout.slices)
+                if s is None and w.end + offset > 0
+            ]
             msg = (
                 f"caption is {layout.n_tokens} tokens with the template but "
                 f"{self.backend.name} reads {layout.capacity}: {len(cut)} word(s) from "
-                f"{cut[0]!r} on are unscored (score None)"
+                f"{shorten(cut[0]) if cut else '?'!r} on are unscored (score None)"
             )
             warnings.warn(msg, stacklevel=4)
-            logger.warning(msg)
-        return _Prepared(caption, join_template(self.config.template, caption), layout)
+        return _Prepared(caption, text, layout)
 
     def _encode_images(self, images) -> torch.Tensor:
         # Encode each distinct image once (a prompt scored against many captions is common).

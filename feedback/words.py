@@ -1,20 +1,38 @@
-"""Words of a caption, their character spans, and the mean of their BPE token scores.
+"""Words of a caption, which BPE tokens belong to each, and the mean of their token scores.
 
-The reference splits the templated text on spaces, with "." and "," as words of their own;
-each word's score is the mean of its BPE tokens' scores and the template's words are dropped.
-We split the template and the caption separately so every word keeps its span in the caption
-the user passed, not in the templated text.
+What a word is (the paper's rule, extended for scripts without spaces):
+- split on whitespace; "." and "," are words of their own (the reference's rule);
+- every CJK ideograph, kana and CJK full stop/comma is a word of its own (those scripts put no
+  spaces between words, and without this rule a whole CJK sentence would be one word). Hangul
+  is written with spaces and follows the whitespace rule; so does every other script.
+
+Which tokens a word owns is decided by the tokenizer's own view of the *whole* templated text:
+each backend reports every token's character span in that text (`Backend.token_spans`), and a
+word owns every token whose span overlaps the word's span. A token that straddles two words
+(CLIP's BPE reads "..." as one token, but the rule makes it three "." words) belongs to
+both, so both get its score. A word's score is the mean over the tokens it owns; a word that
+owns no token (characters the tokenizer's cleaning removes) or whose tokens do not all fit the
+context is unscored (None).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-_WORD = re.compile(r"[.,]|[^\s.,]+")
+_CJK = (
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs (+ ext. A, compatibility)
+    "\U00020000-\U0002ffff"  # CJK ext. B and later
+    "\u3001\u3002\uff0c\uff0e"  # 、 。 ， ．
+)
+_WORD = re.compile(rf"[.,]|[{_CJK}]|[^\s.,{_CJK}]+")
 _PUNCT_ONLY = re.compile(r"^[^\w]+$")
+_FULL_STOPS = {"\u3001", "\u3002", "\uff0c", "\uff0e"}
 
 
 @dataclass(frozen=True)
@@ -27,11 +45,11 @@ class Word:
 
     @property
     def is_punctuation(self) -> bool:
-        return bool(_PUNCT_ONLY.match(self.text))
+        return bool(_PUNCT_ONLY.match(self.text)) or self.text in _FULL_STOPS
 
 
 def split_words(text: str) -> list[Word]:
-    """Split on whitespace, with "." and "," as words of their own (reference semantics)."""
+    """Split into words (see the module docstring); spans index into `text`."""
     return [Word(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
@@ -43,13 +61,20 @@ def join_template(template: str, caption: str) -> str:
     return template + caption
 
 
+def shorten(text: str, limit: int = 40) -> str:
+    """`text` cut to `limit` characters with an ellipsis, for messages about user input."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Where each caption word's tokens sit in the tokenized templated text.
 
-    `slices[i]` is the token range (positions in the model input, SOT = 0) of caption word i,
-    or None when the context cut the word off. `n_tokens` counts content tokens (no SOT/EOT)
-    of the whole templated text before truncation.
+    `slices[i]` is the token range [start, end) (positions in the model input, SOT = 0) owned
+    by caption word i, or None when the word is unscored (cut off by the context, or owning
+    no token). Ranges of neighbouring words may share a token. `n_tokens` counts content
+    tokens (no SOT/EOT) of the whole templated text before truncation; `capacity` is how many
+    the model reads.
     """
 
     words: list[Word]
@@ -63,30 +88,99 @@ class TokenLayout:
 
 
 def layout_tokens(
-    template_words: list[str], caption_words: list[Word], counts: list[int], context_length: int
+    caption_words: Sequence[Word],
+    token_spans: Sequence[tuple[int, int]],
+    caption_offset: int,
+    context_length: int,
 ) -> TokenLayout:
-    """Place words on token positions given each word's BPE token count.
+    """Give each caption word the tokens whose character spans overlap it.
 
-    counts: tokens per word, template words first, then caption words.
+    caption_words: words with spans in the caption.
+    token_spans: [start, end) character span in the templated text of every content token of
+        the full (untruncated) tokenization, in order (no SOT/EOT).
+    caption_offset: where the caption starts in the templated text.
     context_length: the model's context including SOT and EOT, so `context_length - 2` content
-    tokens fit; words that do not fit entirely are unscored rather than averaged over a part.
+        tokens fit; words that do not fit entirely are unscored rather than averaged over a part.
     """
     capacity = context_length - 2
-    pos = 1 + sum(counts[: len(template_words)])  # after SOT and the template
     slices: list[tuple[int, int] | None] = []
-    for c in counts[len(template_words) :]:
-        end = pos + c
-        slices.append((pos, end) if end - 1 <= capacity and c > 0 else None)
-        pos = end
-    return TokenLayout(caption_words, slices, pos - 1, capacity)
+    k = 0  # first token that may still overlap the current word (words and tokens are ordered)
+    n = len(token_spans)
+    for w in caption_words:
+        ws, we = w.start + caption_offset, w.end + caption_offset
+        while k < n and token_spans[k][1] <= ws:
+            k += 1
+        j = k
+        while j < n and token_spans[j][0] < we:
+            j += 1
+        first, last = k, j  # tokens [first, last) overlap the word
+        if last > first and last <= capacity:
+            slices.append((first + 1, last + 1))  # +1: SOT sits at position 0
+        else:
+            slices.append(None)
+    return TokenLayout(list(caption_words), slices, n, capacity)
 
 
 def word_scores(token_scores: torch.Tensor, layout: TokenLayout) -> list[float | None]:
-    """Mean token score per caption word (None for words cut off by the context).
+    """Mean token score per caption word (None for unscored words).
 
     token_scores: (seq,) relevance of every input position (R[eot, j]).
     """
     out: list[float | None] = []
     for s in layout.slices:
         out.append(None if s is None else float(token_scores[s[0] : s[1]].mean()))
+    return out
+
+
+# --- token character spans -------------------------------------------------------------------
+def byte_token_spans(normalized: str, token_bytes: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Character spans in `normalized` of byte-level BPE tokens.
+
+    normalized: the text exactly as the tokenizer split it (after its cleaning).
+    token_bytes: the UTF-8 bytes each token stands for, in order; between tokens the text may
+        only hold whitespace (what the pre-tokenizer skips). A token that ends inside a
+        multi-byte character owns that character (so does the token that starts it).
+    Raises ValueError when the tokens do not spell the text.
+    """
+    data = normalized.encode("utf-8")
+    char_of_byte = []
+    for i, ch in enumerate(normalized):
+        char_of_byte.extend([i] * len(ch.encode("utf-8")))
+    spans, pos = [], 0
+    for tb in token_bytes:
+        at = data.find(tb, pos) if tb else pos
+        if at < 0 or data[pos:at].strip():
+            raise ValueError(f"token {tb!r} not found at byte {pos} of {normalized!r}")
+        end = at + len(tb)
+        spans.append((char_of_byte[at], char_of_byte[end - 1] + 1) if tb else (at, at))
+        pos = end
+    return spans
+
+
+def map_spans_to_original(
+    original: str, normalized: str, spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Map character spans in a tokenizer's cleaned text back onto the text it was given.
+
+    Cleaning lowercases, collapses whitespace, fixes mojibake (ftfy) and unescapes HTML, so the
+    two texts are aligned character by character (difflib, case-insensitive); a character the
+    cleaning replaced maps to the whole original stretch it replaced.
+    """
+    if normalized == original.lower() and len(normalized) == len(original):
+        return list(spans)
+    a = [c.lower() for c in original]
+    sm = difflib.SequenceMatcher(None, a, list(normalized), autojunk=False)
+    lo = [0] * (len(normalized) + 1)
+    hi = [0] * (len(normalized) + 1)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        for j in range(j1, j2):
+            if tag == "equal":
+                lo[j], hi[j] = i1 + (j - j1), i1 + (j - j1) + 1
+            elif tag == "replace":
+                lo[j], hi[j] = i1, i2
+            elif tag == "insert":  # a character the cleaning added: attach it to its left
+                lo[j], hi[j] = max(i1 - 1, 0), max(i1, 1)
+    out = []
+    for s, e in spans:
+        out.append((lo[s], hi[e - 1]) if e > s else (lo[s], lo[s]))
     return out

@@ -55,7 +55,13 @@ class Backend(ABC):
         return next(self.model.parameters()).device
 
     @property
-    def dtype(self) -> torch.dtype:
+    def image_dtype(self) -> torch.dtype:
+        """The dtype pixels must have for the image tower."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def text_dtype(self) -> torch.dtype:
+        """The dtype of the text tower's hidden states."""
         return next(self.model.parameters()).dtype
 
     # --- images ---------------------------------------------------------------------------
@@ -73,8 +79,10 @@ class Backend(ABC):
         """(B, context_length) token ids with SOT, EOT and padding, truncated to the context."""
 
     @abstractmethod
-    def count_tokens(self, words: list[str]) -> list[int]:
-        """BPE tokens of each word tokenized on its own (no SOT/EOT)."""
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """[start, end) character span in `text` of every content token (no SOT/EOT) of the
+        whole text's untruncated tokenization, in order: the tokenizer's own view of which
+        characters each token stands for."""
 
     @abstractmethod
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:

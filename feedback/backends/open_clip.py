@@ -6,8 +6,38 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pathlib import Path
+
 from ..errors import ModelLoadError, short_reason
+from ..hub import offline_if_unreachable, offline_message
+from ..words import byte_token_spans, map_spans_to_original
 from .base import Backend, BlockView
+
+#: Weight files open_clip reads from a local folder, in its order of preference; failing
+#: those, any other *.safetensors, *.bin or *.pth file in the folder.
+OPEN_CLIP_WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def check_open_clip_folder(folder: Path) -> None:
+    """Refuse a folder open_clip would silently load with random weights."""
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(f"{folder}: no open_clip_config.json")
+    if not any(f.suffix in _WEIGHT_SUFFIXES for f in folder.iterdir() if f.is_file()):
+        raise ModelLoadError(
+            f"{folder} has an open_clip config but no weights open_clip reads (looked for "
+            f"{', '.join(OPEN_CLIP_WEIGHT_FILES)} or any *.safetensors / *.bin / *.pth); "
+            "refusing to run with random weights"
+        )
 
 
 class OpenClipBackend(Backend):
@@ -45,7 +75,6 @@ class OpenClipBackend(Backend):
         self.batch_first = getattr(text.transformer, "batch_first", True)
         self.num_text_layers = len(self.blocks)
         self.context_length = int(text.positional_embedding.shape[0])
-        self._count_cache: dict[str, int] = {}
 
     @classmethod
     def load(
@@ -59,20 +88,48 @@ class OpenClipBackend(Backend):
         import open_clip
 
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, precision=precision
-            )
-            tokenizer = open_clip.get_tokenizer(name)
-        except Exception as e:  # open_clip raises many types; say what was asked for
-            what = f"{name}" + (f" (pretrained={pretrained})" if pretrained else "")
-            raise ModelLoadError(f"cannot load open_clip model {what}: {short_reason(e)}") from e
+        what = f"{name}" + (f" (pretrained={pretrained})" if pretrained else "")
+        if name.startswith("local-dir:"):
+            check_open_clip_folder(Path(name[len("local-dir:") :]).expanduser())
+        needs_hub = name.startswith("hf-hub:") or (
+            pretrained is not None and not Path(pretrained).expanduser().is_file()
+        )
+        with offline_if_unreachable() as offline:
+            try:
+                if name.startswith("hf-hub:"):
+                    # open_clip only warns and keeps random weights when an hf-hub repo's
+                    # weights cannot be fetched: fetch them first so that this fails instead.
+                    from open_clip.pretrained import download_pretrained_from_hf
+
+                    download_pretrained_from_hf(name[len("hf-hub:") :])
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained, device=device, precision=precision
+                )
+                tokenizer = open_clip.get_tokenizer(name)
+            except Exception as e:  # open_clip raises many types; say what was asked for
+                if needs_hub and offline:
+                    raise ModelLoadError(offline_message(f"open_clip model {what}")) from e
+                raise ModelLoadError(
+                    f"cannot load open_clip model {what}: {short_reason(e)}"
+                ) from e
         return cls(model, preprocess, tokenizer, name=name)
+
+    @property
+    def image_dtype(self) -> torch.dtype:
+        # open_clip's mixed precision keeps embeddings and norms in fp32 and casts the
+        # matmul weights: the patch convolution's dtype is what the pixels must be.
+        conv = getattr(getattr(self.model, "visual", None), "conv1", None)
+        return conv.weight.dtype if conv is not None else self.text_dtype
+
+    @property
+    def text_dtype(self) -> torch.dtype:
+        get = getattr(self.text.transformer, "get_cast_dtype", None)
+        return get() if get is not None else self.blocks[0].attn.in_proj_weight.dtype
 
     # images
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         x = torch.stack([self._preprocess(im) for im in images])
-        return x.to(self.device, self.dtype)
+        return x.to(self.device, self.image_dtype)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -82,20 +139,23 @@ class OpenClipBackend(Backend):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, context_length=self.context_length).to(self.device)
 
-    def count_tokens(self, words: list[str]) -> list[int]:
-        out = []
-        for w in words:
-            if w not in self._count_cache:
-                self._count_cache[w] = len(self.tokenizer.encode(w))
-            out.append(self._count_cache[w])
-        return out
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        tok = self.tokenizer
+        clean = getattr(tok, "clean_fn", None)
+        cleaned = clean(text) if clean is not None else " ".join(text.split()).lower()
+        pieces = [tok.decoder[i] for i in tok.encode(text)]
+        as_bytes = [
+            bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces
+        ]
+        return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.argmax(dim=-1)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
-        return self.text.token_embedding(ids).to(self.dtype) + self.text.positional_embedding[:n]
+        dt = self.text_dtype
+        return self.text.token_embedding(ids).to(dt) + self.text.positional_embedding[:n].to(dt)
 
     def run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         n = x.shape[1]

@@ -13,7 +13,21 @@ import torch
 from PIL import Image
 
 from ..errors import ModelLoadError, short_reason
+from ..hub import offline_if_unreachable, offline_message
+from ..words import byte_token_spans, map_spans_to_original
 from .base import Backend, BlockView, causal_mask
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    has_fast = (folder / "tokenizer.json").is_file()
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (has_fast or has_bpe):
+        raise ModelLoadError(
+            f"{folder} holds a CLIP model but no tokenizer: save the tokenizer beside it "
+            f"(tokenizer.save_pretrained) so the folder has {' or '.join(_TOKENIZER_FILES)}"
+        )
 
 
 class TransformersBackend(Backend):
@@ -32,28 +46,44 @@ class TransformersBackend(Backend):
         self.eos_token_id = (
             getattr(tm, "eos_token_id", None) or model.config.text_config.eos_token_id
         )
-        self._count_cache: dict[str, int] = {}
 
     @classmethod
     def load(
         cls, name: str, *, device="cpu", dtype: torch.dtype = torch.float32
     ) -> TransformersBackend:
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from transformers.utils import logging as hf_logging
 
+        local = Path(name).expanduser()
+        if local.is_dir():
+            _check_tokenizer_files(local)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every call
         try:
-            model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
-        except Exception as e:
+            with offline_if_unreachable() as offline:
+                try:
+                    model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
+                except Exception as e:
+                    if offline and not local.is_dir():
+                        raise ModelLoadError(offline_message(f"transformers model {name!r}")) from e
+                    raise ModelLoadError(
+                        f"cannot load transformers CLIPModel {name!r}: {short_reason(e)}"
+                    ) from e
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(name)
+                except Exception as e:
+                    raise ModelLoadError(
+                        f"{name!r} has no usable CLIP tokenizer ({' or '.join(_TOKENIZER_FILES)}"
+                        f" could not be read): {short_reason(e)}"
+                    ) from e
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        if getattr(tokenizer, "vocab_size", 0) < 256 or tokenizer.eos_token_id is None:
             raise ModelLoadError(
-                f"cannot load transformers CLIPModel {name!r}: {short_reason(e)}"
-            ) from e
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except Exception as e:
-            raise ModelLoadError(
-                f"{name!r} has no usable CLIP tokenizer files (vocab.json + "
-                f"merges.txt or tokenizer.json): {short_reason(e)}"
-            ) from e
-        local = Path(name)
+                f"{name!r}: the tokenizer that loaded is not a CLIP BPE tokenizer "
+                f"({type(tokenizer).__name__}, no end-of-text token or vocabulary)"
+            )
         if local.is_dir() and not (local / "preprocessor_config.json").exists():
             # A bare save_pretrained(model) folder: CLIP's standard preprocessing at the
             # model's own resolution.
@@ -72,7 +102,7 @@ class TransformersBackend(Backend):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         px = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return px.to(self.device, self.dtype)
+        return px.to(self.device, self.image_dtype)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -89,12 +119,24 @@ class TransformersBackend(Backend):
         )
         return enc["input_ids"].to(self.device)
 
-    def count_tokens(self, words: list[str]) -> list[int]:
-        missing = [w for w in dict.fromkeys(words) if w not in self._count_cache]
-        if missing:
-            ids = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
-            self._count_cache.update({w: len(i) for w, i in zip(missing, ids)})
-        return [self._count_cache[w] for w in words]
+    @property
+    def image_dtype(self) -> torch.dtype:
+        return self.model.vision_model.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def text_dtype(self) -> torch.dtype:
+        return self.text.embeddings.token_embedding.weight.dtype
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        tok = self.tokenizer
+        if getattr(tok, "is_fast", False):
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            return [tuple(o) for o in enc["offset_mapping"]]
+        # A slow CLIPTokenizer has no offsets: align its byte-level pieces to the text.
+        pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+        as_bytes = [bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces]
+        cleaned = " ".join(text.split()).lower()
+        return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         # Same rule as CLIPTextModel: legacy configs (eos id 2) pool at the largest id.
