@@ -7,74 +7,61 @@ import json
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
-from .errors import Clip4dmError
+from .cli_options import DEFAULT_MODEL, add_detector_args, build_detector
+from .errors import Clip4dmError, InputError
 
-DEFAULT_MODEL = "shapes-tiny"
-
-
-def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="shipped name, local directory, open_clip name, hf-hub:org/repo or "
-        f"transformers hub id (default: {DEFAULT_MODEL})",
-    )
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint")
-    p.add_argument("--layers", type=int, default=None, help="last K text layers (default 3)")
-    p.add_argument("--threshold", type=float, default=None, help="eps (default -5e-5)")
-    p.add_argument("--template", default=None, help='caption prefix (default "A photo depicts ")')
-    p.add_argument("--mode", choices=["threshold", "most-negative"], default=None)
-    p.add_argument("--method", choices=["gradient", "occlusion"], default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+__all__ = ["DEFAULT_MODEL", "build_parser", "main"]
 
 
-def _detector(args):
-    from .detector import MisalignmentDetector
+def check_figure_path(path: str) -> Path:
+    """Fail before any model loads if the figure cannot be written where asked."""
+    from PIL import Image
 
-    return MisalignmentDetector.from_pretrained(
-        args.model,
-        args.pretrained,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        threshold=args.threshold,
-        template=args.template,
-        mode=args.mode,
-        method=args.method,
-    )
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"--figure is a directory; give a file name such as {p / 'report.png'}")
+    if not p.parent.is_dir():
+        raise InputError(f"--figure: folder does not exist: {p.parent}")
+    ext = p.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(
+            f"--figure: cannot write images as {ext or 'a file without extension'!r}; "
+            "use .png, .jpg or .webp"
+        )
+    return p
 
 
 def _cmd_check(args) -> int:
     from .images import load_image
 
+    figure = check_figure_path(args.figure) if args.figure else None
     image = load_image(args.image)  # fail on a bad image before loading a model
-    det = _detector(args)
+    det = build_detector(args)
     report = det(image, args.caption)
-    if args.figure:
+    if figure is not None:
         from .figures import render_report
 
-        render_report(image, report).save(args.figure)
+        try:
+            render_report(image, report).save(figure)
+        except OSError as e:
+            raise InputError(f"--figure: cannot write {figure}: {e}") from None
     if args.json:
         d = report.to_dict()
-        print(
-            json.dumps(
-                {
-                    k: d[k]
-                    for k in (
-                        "caption",
-                        "clip_score",
-                        "f_clip_score",
-                        "sum_negative_attribution",
-                        "misaligned_words",
-                        "words",
-                        "cosine",
-                        "truncated",
-                    )
-                }
-            )
+        keys = (
+            "caption",
+            "clip_score",
+            "f_clip_score",
+            "sum_negative_attribution",
+            "misaligned_words",
+            "words",
+            "cosine",
+            "truncated",
         )
+        print(json.dumps({k: d[k] for k in keys}))
         return 0
     tty = sys.stdout.isatty()
     print(report.highlighted(color=tty))
@@ -89,45 +76,70 @@ def _cmd_check(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clip4dm")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clip4dm", description="Word-level image-caption misalignment from CLIP (CLIP4DM)."
     )
+    p.add_argument("--version", action="version", version=f"clip4dm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="which words of CAPTION does IMAGE contradict?")
-    c.add_argument("image")
-    c.add_argument("caption")
-    _add_detector_args(c)
+    c.add_argument("image", help="image file (any format and mode PIL reads)")
+    c.add_argument("caption", help="the caption or prompt to check, quoted")
+    add_detector_args(c)
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--figure", default=None, help="also save a picture of the report (PNG)")
+    c.add_argument(
+        "--figure", default=None, help="also save a picture of the report (.png, .jpg, .webp)"
+    )
     c.set_defaults(func=_cmd_check)
     from . import cli_data
 
-    cli_data.add_commands(sub, _add_detector_args)
+    cli_data.add_commands(sub)
     return p
+
+
+@contextmanager
+def _quiet_libraries():
+    """For the duration of a command: our warnings as one `clip4dm: warning:` line each,
+    third-party loggers silenced (their errors become our one-line error). Everything is
+    restored afterwards, so calling `main()` in-process changes no global state."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"clip4dm: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            root.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Our warnings (e.g. over-long captions) go to stderr; third-party libraries log their own
-    # error before raising, which we already turn into one clear line, so silence the root.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("clip4dm: warning: %(message)s"))
-    ours = logging.getLogger("feedback")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.WARNING)
-    ours.propagate = False
-    logging.getLogger().setLevel(logging.CRITICAL)
-    # The library warns through `warnings` and logging; on the CLI the log line is enough.
-    warnings.filterwarnings("ignore", message="caption is .* tokens")
-    try:
-        return int(args.func(args) or 0)
-    except Clip4dmError as e:
-        print(f"clip4dm: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("clip4dm: interrupted", file=sys.stderr)
-        return 130
+    with _quiet_libraries():
+        try:
+            return int(args.func(args) or 0)
+        except Clip4dmError as e:
+            print(f"clip4dm: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("clip4dm: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

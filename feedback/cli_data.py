@@ -6,8 +6,11 @@ import json
 import math
 from pathlib import Path
 
+from .cli_options import add_detector_args, build_detector, positive_int
+from .errors import InputError
 
-def add_commands(sub, add_detector_args) -> None:
+
+def add_commands(sub) -> None:
     e = sub.add_parser("eval", help="the paper's metrics on a benchmark")
     e.add_argument(
         "--benchmark",
@@ -17,8 +20,12 @@ def add_commands(sub, add_detector_args) -> None:
     e.add_argument("--data", default=None, help="benchmark file (not needed for shapes-foil)")
     e.add_argument("--images", default=None, help="image folder (default: beside --data)")
     e.add_argument("--prompts", default=None, help="Rich-HF: JSON filename -> prompt")
-    e.add_argument("--n", type=int, default=1000, help="shapes-foil: number of foils")
-    e.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
+    e.add_argument(
+        "--n", type=positive_int, default=1000, help="shapes-foil: number of foils (default 1000)"
+    )
+    e.add_argument(
+        "--limit", type=positive_int, default=None, help="evaluate the first N samples"
+    )
     e.add_argument(
         "--baseline",
         choices=["random"],
@@ -31,9 +38,16 @@ def add_commands(sub, add_detector_args) -> None:
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("score", help="score a JSONL manifest of {id, image, caption}")
-    s.add_argument("--data", required=True, help="manifest.jsonl")
+    s.add_argument("--data", required=True, help="manifest.jsonl: one {id, image, caption} per line")
     s.add_argument("--out", required=True, help="results.jsonl (appended; reruns resume)")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument(
+        "--batch-size", type=positive_int, default=32, help="pairs per forward (default 32)"
+    )
+    s.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="score again the rows an earlier run recorded as errors",
+    )
     add_detector_args(s)
     s.set_defaults(func=_cmd_score)
 
@@ -43,7 +57,6 @@ def _fmt(v) -> str:
 
 
 def _cmd_eval(args) -> int:
-    from .cli import _detector
     from .datasets import load_benchmark
     from .evaluate import detect_samples, nli_entailment, run_benchmark
 
@@ -56,7 +69,9 @@ def _cmd_eval(args) -> int:
         if args.prompts and args.benchmark == "richhf":
             kwargs["prompts"] = args.prompts
     samples = load_benchmark(args.benchmark, args.data, **kwargs)[: args.limit]
-    det = _detector(args)
+    if not samples:
+        raise InputError(f"{args.data or args.benchmark}: no samples to evaluate")
+    det = build_detector(args)
     content = None
     if args.benchmark == "shapes-foil":
         from shapesworld import WORD_KINDS
@@ -114,11 +129,14 @@ def _cmd_eval(args) -> int:
 def _cmd_score(args) -> int:
     from accelerate import PartialState
 
-    from .cli import _detector
     from .scoring import score_manifest
 
-    state = PartialState()
-    det = _detector(args)
+    # torchrun (or `accelerate launch` on GPUs) starts the ranks; PartialState joins them
+    # (gloo on CPU). A plain `clip4dm score` is one rank of one.
+    cpu = str(args.device) == "cpu"
+    state = PartialState(cpu=cpu)
+    device = args.device if cpu or state.num_processes == 1 else state.device
+    det = build_detector(args, device=str(device))
     summary = score_manifest(
         det,
         args.data,
@@ -127,8 +145,14 @@ def _cmd_score(args) -> int:
         process_index=state.process_index,
         num_processes=state.num_processes,
         progress=state.is_main_process,
+        retry_errors=args.retry_errors,
         wait=state.wait_for_everyone,
     )
     if state.is_main_process:
-        print(json.dumps(summary.to_dict()))
+        import sys
+
+        for problem in summary.problems:
+            print(f"clip4dm: warning: skipped {problem}", file=sys.stderr)
+    # One JSON line per rank, so a sharded run shows what every rank did.
+    print(json.dumps(summary.to_dict()), flush=True)
     return 0

@@ -245,4 +245,14 @@ def load_benchmark(name: str, data: str | Path | None = None, **kwargs) -> list[
         return list(loader(**kwargs))
     if data is None:
         raise InputError(f"benchmark {name!r} needs --data PATH")
-    return list(loader(data, **kwargs))
+    try:
+        return list(loader(data, **kwargs))
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError) as e:
+        # json errors are ValueErrors; a record without the published fields is a KeyError.
+        from .errors import short_reason
+
+        raise InputError(
+            f"{data} is not a {name} file in its published format ({short_reason(e)})"
+        ) from None

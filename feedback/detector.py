@@ -28,6 +28,8 @@ from .words import TokenLayout, join_template, layout_tokens, shorten, split_wor
 
 
 METHODS = ("gradient", "occlusion")
+#: The paper's caption prefix.
+DEFAULT_TEMPLATE = "A photo depicts "
 
 
 @dataclass
@@ -47,7 +49,7 @@ class DetectorConfig:
 
     layers: int = 3
     threshold: float = -5e-5
-    template: str = "A photo depicts "
+    template: str = DEFAULT_TEMPLATE
     mode: str = "threshold"
     method: str = "gradient"
     batch_size: int = 32

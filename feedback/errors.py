@@ -22,4 +22,7 @@ class NonFiniteScoreError(Clip4dmError, FloatingPointError):
 def short_reason(e: BaseException) -> str:
     """First line of an exception, prefixed by its type: enough to act on, no traceback."""
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    if len(text) > 300:  # cut at a word boundary, and say so
+        text = text[:300].rsplit(" ", 1)[0] + " …"
+    return text

@@ -38,10 +38,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_size(img: Image.Image, what: str) -> Image.Image:
+    if img.width < 1 or img.height < 1:
+        raise InputError(f"{what} has no pixels ({img.width}x{img.height})")
+    return img
+
+
 def load_image(image: ImageLike) -> Image.Image:
     """Open `image` (a path or a PIL image) as RGB, raising InputError naming the problem."""
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(_check_size(image, "image"))
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"expected an image path or a PIL image, got {type(image).__name__}")
     path = Path(image)
@@ -52,7 +58,7 @@ def load_image(image: ImageLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return to_rgb(im)
+            return to_rgb(_check_size(im, str(path)))
     except UnidentifiedImageError:
         raise InputError(f"not an image (PIL cannot identify it): {path}") from None
     except OSError as e:

@@ -1,67 +1,135 @@
 """Dataset-scale scoring: a JSONL manifest in, one JSONL result line per pair out.
 
+The whole manifest is validated first: every bad line (not JSON, not an object, a missing or
+wrongly typed field, a duplicate id) is reported at once, and the good rows are scored.
 Results are written (and flushed) batch by batch, so a killed job loses at most the batch in
-flight; a rerun skips every id already written and repairs a half-written last line. Under
-`accelerate launch --num_processes N` each process takes every N-th pair and writes its own
-part file; the main process merges the parts into the output at the end.
+flight; a rerun skips every id already written and repairs a half-written last line. Rows
+that failed (unreadable image, empty caption) are recorded as `{"id", "error"}`; a rerun with
+`retry_errors=True` drops those lines and scores the rows again.
+
+Sharding: with `num_processes` N (torchrun / accelerate ranks), process k takes every N-th
+pair and writes its own part file; the main process merges the parts into the output.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .errors import Clip4dmError, InputError
 from .images import load_image
+from .words import shorten
 
 
 @dataclass
 class ScoreSummary:
+    """What one process did.
+
+    written: result lines this process wrote in this run (errors included).
+    skipped: rows of this process already in the output (resumed).
+    errors: rows this run recorded as errors.
+    errors_total: error lines in the whole output after the run (main process; -1 elsewhere).
+    invalid: manifest lines that could not be read as rows (listed in `problems`).
+    """
+
     written: int
     skipped: int
     errors: int
     out: str
+    errors_total: int = -1
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    process_index: int = 0
+    num_processes: int = 1
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        return asdict(self)
 
 
-def read_manifest(path: str | Path) -> list[dict]:
+def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Rows of a JSONL manifest and one message per bad line (`path:line: problem`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"manifest not found: {path}")
-    items, seen = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    if path.is_dir():
+        raise InputError(f"manifest is a directory, not a JSONL file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"manifest is not UTF-8 text: {path}") from None
+    items, problems, seen = [], [], {}
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{n}"
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+            problems.append(f"{where}: not JSON ({e.msg})")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"{where}: expected an object with id, image, caption")
+            continue
         missing = {"id", "image", "caption"} - set(rec)
         if missing:
-            raise InputError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
-        if rec["id"] in seen:
-            raise InputError(f"{path}:{n}: duplicate id {rec['id']!r}")
-        seen.add(rec["id"])
+            problems.append(f"{where}: missing {', '.join(sorted(missing))}")
+            continue
+        rid = rec["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            problems.append(f"{where}: id must be a string or an integer, got {type(rid).__name__}")
+            continue
+        if not isinstance(rec["image"], str) or not isinstance(rec["caption"], str):
+            problems.append(f"{where}: image and caption must be strings")
+            continue
+        if rid in seen:
+            problems.append(f"{where}: duplicate id {shorten(str(rid))!r} (first on line {seen[rid]})")
+            continue
+        seen[rid] = n
         items.append(rec)
-    return items
+    return items, problems
 
 
-def _done_ids(path: Path) -> set:
-    """Ids already in a result file; a torn last line (killed mid-write) is cut off."""
+def _read_results(path: Path) -> list[dict]:
+    """Records of a result file; a torn last line (killed mid-write) is cut off the file."""
     if not path.exists():
-        return set()
+        return []
+    if path.is_dir():
+        raise InputError(f"--out is a directory, not a file: {path}")
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
     if cut != len(data):
         with open(path, "r+b") as f:
             f.truncate(cut)
-    return {json.loads(line)["id"] for line in data[:cut].decode().splitlines() if line.strip()}
+    out = []
+    for n, line in enumerate(data[:cut].decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise InputError(
+                f"{path}:{n}: not a result line; it is not this job's output or was edited "
+                "(fix or delete that line, then rerun)"
+            )
+        out.append(rec)
+    return out
+
+
+def _drop_errors(path: Path) -> int:
+    """Remove `{"id", "error"}` lines from a result file (atomically); returns how many."""
+    recs = _read_results(path)
+    keep = [r for r in recs if "error" not in r]
+    if len(keep) != len(recs):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, path)
+    return len(recs) - len(keep)
 
 
 def score_manifest(
@@ -73,48 +141,39 @@ def score_manifest(
     process_index: int = 0,
     num_processes: int = 1,
     progress: bool = True,
+    retry_errors: bool = False,
     wait=None,
 ) -> ScoreSummary:
     """Score every manifest pair not yet in `out`. `wait` is a barrier (multi-process)."""
-    items = read_manifest(manifest)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    items, problems = read_manifest(manifest)
     out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out is a directory, not a file: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = [out.with_name(f"{out.name}.part{k}-of-{num_processes}") for k in range(num_processes)]
-    done = _done_ids(out)
-    for p in parts if num_processes > 1 else []:
-        done |= _done_ids(p)
+    mine_part = parts[process_index] if num_processes > 1 else out
+    if retry_errors:
+        if process_index == 0:
+            _drop_errors(out)
+        if num_processes > 1:
+            _drop_errors(mine_part)
+            if wait is not None:
+                wait()  # nobody reads `out` before the main process rewrote it
+    done = {r["id"] for r in _read_results(out)}
+    if num_processes > 1:
+        done |= {r["id"] for r in _read_results(mine_part)}
     mine = [it for i, it in enumerate(items) if i % num_processes == process_index]
     todo = [it for it in mine if it["id"] not in done]
-    target = parts[process_index] if num_processes > 1 else out
     written = errors = 0
     with (
-        open(target, "a") as f,
+        open(mine_part, "a") as f,
         tqdm(total=len(todo), disable=not progress, desc="score", unit="pair") as bar,
     ):
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            lines, ok_items, images = {}, [], []
-            for it in chunk:
-                try:
-                    images.append(load_image(it["image"]))
-                    ok_items.append(it)
-                except Clip4dmError as e:
-                    lines[it["id"]] = {"id": it["id"], "error": str(e)}
-            if ok_items:
-                try:
-                    reports = detector.detect(images, [it["caption"] for it in ok_items])
-                    for it, rep in zip(ok_items, reports):
-                        lines[it["id"]] = {"id": it["id"], **rep.to_dict()}
-                except Clip4dmError:
-                    # One bad caption must not sink the batch: redo it pair by pair.
-                    for it, im in zip(ok_items, images):
-                        try:
-                            lines[it["id"]] = {
-                                "id": it["id"],
-                                **detector(im, it["caption"]).to_dict(),
-                            }
-                        except Clip4dmError as e:
-                            lines[it["id"]] = {"id": it["id"], "error": str(e)}
+            lines = _score_chunk(detector, chunk)
             for it in chunk:
                 rec = lines[it["id"]]
                 errors += "error" in rec
@@ -123,29 +182,61 @@ def score_manifest(
             os.fsync(f.fileno())
             written += len(chunk)
             bar.update(len(chunk))
-    if num_processes > 1:
-        if wait is not None:
-            wait()
-        if process_index == 0:
+    total = -1
+    if num_processes > 1 and wait is not None:
+        wait()
+    if process_index == 0:
+        if num_processes > 1:
             _merge(out, parts, [it["id"] for it in items])
-    return ScoreSummary(written, len(mine) - len(todo), errors, str(out))
+        total = sum("error" in r for r in _read_results(out))
+    return ScoreSummary(
+        written,
+        len(mine) - len(todo),
+        errors,
+        str(out),
+        errors_total=total,
+        invalid=len(problems),
+        problems=problems,
+        process_index=process_index,
+        num_processes=num_processes,
+    )
+
+
+def _score_chunk(detector, chunk: list[dict]) -> dict:
+    """id -> result record for one batch; bad rows become error records."""
+    lines, ok_items, images = {}, [], []
+    for it in chunk:
+        try:
+            images.append(load_image(it["image"]))
+            ok_items.append(it)
+        except Clip4dmError as e:
+            lines[it["id"]] = {"id": it["id"], "error": str(e)}
+    if ok_items:
+        try:
+            reports = detector.detect(images, [it["caption"] for it in ok_items])
+            for it, rep in zip(ok_items, reports):
+                lines[it["id"]] = {"id": it["id"], **rep.to_dict()}
+        except Clip4dmError:
+            # One bad caption must not sink the batch: redo it pair by pair.
+            for it, im in zip(ok_items, images):
+                try:
+                    lines[it["id"]] = {"id": it["id"], **detector(im, it["caption"]).to_dict()}
+                except Clip4dmError as e:
+                    lines[it["id"]] = {"id": it["id"], "error": str(e)}
+    return lines
 
 
 def _merge(out: Path, parts: list[Path], order: list) -> None:
     """Append part-file lines missing from `out`, in manifest order, then drop the parts."""
-    have = _done_ids(out)
+    have = {r["id"] for r in _read_results(out)}
     pending = {}
     for p in parts:
-        if p.exists():
-            _done_ids(p)  # repair a torn line
-            for line in p.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    pending.setdefault(rec["id"], line)
+        for rec in _read_results(p):
+            pending.setdefault(rec["id"], rec)
     with open(out, "a") as f:
         for i in order:
             if i in pending and i not in have:
-                f.write(pending[i] + "\n")
+                f.write(json.dumps(pending[i]) + "\n")
         f.flush()
         os.fsync(f.fileno())
     for p in parts:

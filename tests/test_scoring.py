@@ -90,21 +90,17 @@ def test_killed_process_resumes(tiny_open_clip_dir, manifest, tmp_path):
     assert len(ids) == len(set(ids)) == 40
 
 
-def test_accelerate_two_processes(tiny_open_clip_dir, manifest, tmp_path):
+def test_two_ranks_each_score_a_shard(tiny_open_clip_dir, manifest, tmp_path):
+    """The README's sharding command: torchrun starts two gloo ranks (PartialState(cpu=True));
+    each scores every other row into its own part, and rank 0 merges."""
     out = tmp_path / "sharded.jsonl"
     launch = [
         sys.executable,
         "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
         "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
         "-m",
         "feedback.cli",
     ]
@@ -115,6 +111,86 @@ def test_accelerate_two_processes(tiny_open_clip_dir, manifest, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert sorted(s["process_index"] for s in summaries) == [0, 1]
+    assert all(s["num_processes"] == 2 for s in summaries)
+    # Both ranks did work, and between them every row exactly once.
+    assert all(s["written"] > 0 for s in summaries)
+    assert sum(s["written"] for s in summaries) == 40
     ids = _ids(out)
     assert sorted(ids) == sorted(f"p{i}" for i in range(40)) and len(set(ids)) == 40
     assert not list(tmp_path.glob("sharded.jsonl.part*"))
+
+
+def test_manifest_problems_reported_at_once_and_good_rows_scored(
+    tiny_open_clip_dir, manifest, tmp_path, capsys
+):
+    from feedback.cli import main
+
+    lines = manifest.read_text().splitlines()
+    lines.insert(3, "{not json")
+    lines.insert(10, json.dumps({"id": ["a", "list"], "image": "x.png", "caption": "a cat"}))
+    lines.insert(20, lines[0])  # duplicate id
+    lines.insert(25, json.dumps({"id": "q", "image": "x.png"}))
+    lines.insert(30, "[1, 2]")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    args = ["score", "--data", str(bad), "--out", str(out), "--model", str(tiny_open_clip_dir)]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["invalid"] == 5 and len(summary["problems"]) == 5
+    for n, what in [(4, "not JSON"), (11, "id must be"), (21, "duplicate id"), (26, "missing")]:
+        assert f"bad.jsonl:{n}: {what}" in cap.err, cap.err
+    assert summary["written"] == 40 and len(_ids(out)) == 40
+
+
+def test_retry_errors_and_total_error_count(tiny_open_clip_dir, manifest, tmp_path):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    out = tmp_path / "r.jsonl"
+    first = score_manifest(det, manifest, out, batch_size=8, progress=False)
+    assert first.errors == 1 and first.errors_total == 1
+    again = score_manifest(det, manifest, out, batch_size=8, progress=False)
+    # Nothing new failed, but the output still holds one error: the summary says so.
+    assert again.errors == 0 and again.errors_total == 1 and again.written == 0
+    # Fix the missing image, then retry only the failed row.
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    images = [r["image"] for r in rows if r["id"] != "p5"]
+    rows[5]["image"] = images[0]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    retried = score_manifest(det, manifest, out, batch_size=8, progress=False, retry_errors=True)
+    assert retried.written == 1 and retried.errors == 0 and retried.errors_total == 0
+    ids = _ids(out)
+    assert len(ids) == len(set(ids)) == 40
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("batch0", "must be >= 1"),
+        ("out-dir", "directory"),
+        ("corrupt-results", "r.jsonl:2: not a result line"),
+    ],
+)
+def test_score_bad_options_one_line(case, expect, tiny_open_clip_dir, manifest, tmp_path, capsys):
+    from feedback.cli import main
+
+    out = tmp_path / "r.jsonl"
+    args = ["score", "--data", str(manifest), "--model", str(tiny_open_clip_dir)]
+    if case == "batch0":
+        args += ["--out", str(out), "--batch-size", "0"]
+    elif case == "out-dir":
+        args += ["--out", str(tmp_path)]
+    else:
+        out.write_text('{"id": "p0", "cosine": 0.1}\ngarbage in the middle\n{"id": "p1"}\n')
+        args += ["--out", str(out)]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse rejects a bad value itself, with exit 2
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err, err
+    assert "Traceback" not in err
+    if case == "corrupt-results":
+        assert "garbage" in out.read_text()  # finished results are never thrown away
