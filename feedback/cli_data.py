@@ -16,6 +16,7 @@ def add_commands(sub) -> None:
         "--benchmark",
         required=True,
         choices=["shapes-foil", "foil", "nocaps-foil", "hat", "richhf", "seetrue"],
+        help="which benchmark (shapes-foil is rendered offline; the others read --data)",
     )
     e.add_argument("--data", default=None, help="benchmark file (not needed for shapes-foil)")
     e.add_argument("--images", default=None, help="image folder (default: beside --data)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -62,9 +63,16 @@ def run_cli(argv, capsys):
         "unknown_model",
         "missing_dir_model",
         "arch_without_tag",
+        "figure_missing_dir",
+        "figure_txt",
+        "positive_threshold",
+        "hf_without_tokenizer",
+        "hf_broken_tokenizer",
     ],
 )
-def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_open_clip_dir, images, capsys):
+def test_bad_input_exits_2_with_one_line(
+    case, tmp_path, tiny_open_clip_dir, tiny_hf_dir, images, capsys
+):
     img = tmp_path / "ok.png"
     images[0][0].save(img)
     model = str(tiny_open_clip_dir)
@@ -92,9 +100,30 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_open_clip_dir, ima
     elif case == "missing_dir_model":
         argv[4] = str(tmp_path)  # a directory with no model in it
         expect = "neither a transformers CLIP"
-    else:
+    elif case == "arch_without_tag":
         argv[4] = "ViT-B-32"
         expect = "needs pretrained weights"
+    elif case == "figure_missing_dir":
+        argv += ["--figure", str(tmp_path / "missing-dir" / "x.png")]
+        expect = "folder does not exist"
+    elif case == "figure_txt":
+        argv += ["--figure", str(tmp_path / "x.txt")]
+        expect = "cannot write images as '.txt'"
+    elif case == "positive_threshold":
+        argv += ["--threshold", "0.01"]
+        expect = "threshold must be <= 0"
+    else:
+        import shutil
+
+        folder = tmp_path / "hf"
+        shutil.copytree(tiny_hf_dir, folder)
+        (folder / "tokenizer.json").unlink()
+        if case == "hf_broken_tokenizer":
+            (folder / "tokenizer.json").write_text("{ broken")
+            expect = "no usable CLIP tokenizer"
+        else:
+            expect = "no tokenizer"
+        argv[4] = str(folder)
     code, out, err = run_cli(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -255,3 +284,80 @@ def test_nan_scores_raise_a_clear_error(tiny_open_clip_dir, images):
         det.backend.model.text_projection.fill_(float("nan"))
     with pytest.raises(NonFiniteScoreError, match="non-finite"):
         det(*images[0])
+
+
+@pytest.mark.parametrize("case", ["wrong_format", "n0", "limit0"])
+def test_eval_bad_input_one_line(case, tmp_path, tiny_open_clip_dir, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a benchmark\n")
+    argv = ["eval", "--model", str(tiny_open_clip_dir)]
+    if case == "wrong_format":
+        argv += ["--benchmark", "hat", "--data", str(readme)]
+        expect = "is not a hat file"
+    elif case == "n0":
+        argv += ["--benchmark", "shapes-foil", "--n", "0"]
+        expect = "must be >= 1"
+    else:
+        argv += ["--benchmark", "shapes-foil", "--n", "2", "--limit", "0"]
+        expect = "must be >= 1"
+    try:
+        code, out, err = run_cli(argv, capsys)
+    except SystemExit as e:
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2 and expect in err, err
+    assert "Traceback" not in err
+
+
+def test_zero_size_image_is_an_input_error(tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    with pytest.raises(InputError, match="no pixels"):
+        det(Image.new("RGB", (0, 0)), "a cat")
+
+
+def test_help_states_real_defaults_and_version(capsys):
+    from feedback import recommended_settings
+
+    card = recommended_settings("shapes-tiny")
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
+    assert f"shapes-tiny:{card['layers']}" in text
+    assert f"shapes-tiny:{card['threshold']}" in text
+    assert "default:fp32" in text and "default:gradient" in text
+    from feedback.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("clip4dm ")
+
+
+def test_warnings_once_and_long_words_shortened(tmp_path, tiny_open_clip_dir, images, capsys):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    caption = "a " + "x" * 10_000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det(images[0][0], caption)
+    msgs = [str(w.message) for w in caught if "tokens with the template" in str(w.message)]
+    assert len(msgs) == 1 and len(msgs[0]) < 300
+    assert capsys.readouterr().err == ""  # one channel: nothing printed besides the warning
+    # On the CLI: the warning is one line, printed once.
+    p = tmp_path / "i.png"
+    images[0][0].save(p)
+    code = main(["check", str(p), caption, "--model", str(tiny_open_clip_dir), "--json"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err.count("clip4dm: warning:") == 1 and len(err) < 400, err
+
+
+def test_cli_leaves_global_state_alone(tmp_path, tiny_open_clip_dir, images, capsys):
+    img = tmp_path / "i.png"
+    images[0][0].save(img)
+    before_filters = list(warnings.filters)
+    root = logging.getLogger()
+    before_level = root.level
+    assert main(["check", str(img), "a red circle", "--model", str(tiny_open_clip_dir)]) == 0
+    assert warnings.filters == before_filters and root.level == before_level
