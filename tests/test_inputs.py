@@ -361,3 +361,44 @@ def test_cli_leaves_global_state_alone(tmp_path, tiny_open_clip_dir, images, cap
     before_level = root.level
     assert main(["check", str(img), "a red circle", "--model", str(tiny_open_clip_dir)]) == 0
     assert warnings.filters == before_filters and root.level == before_level
+
+
+def _report(caption, scores=None):
+    from feedback.report import MisalignmentReport, WordScore
+    from feedback.words import split_words
+
+    ws = split_words(caption)
+    scores = scores or [(-1) ** i * 0.001 * (i + 1) for i in range(len(ws))]
+    words = [WordScore(w.text, w.start, w.end, s, s < 0) for w, s in zip(ws, scores)]
+    return MisalignmentReport(caption, words, 0.3, 0.75, -0.1, -0.07)
+
+
+def test_figure_keeps_aspect_and_fits_long_captions():
+    from feedback.figures import render_report
+
+    short = render_report(Image.new("RGB", (64, 32), (255, 0, 0)), _report("a red cat"))
+    arr = np.asarray(short)
+    red = np.argwhere((arr[..., 0] == 255) & (arr[..., 1] == 0) & (arr[..., 2] == 0))
+    h = red[:, 0].max() - red[:, 0].min() + 1
+    w = red[:, 1].max() - red[:, 1].min() + 1
+    assert w == 2 * h, (w, h)  # not squashed into a square
+    long = render_report(Image.new("RGB", (32, 32)), _report(" ".join(["word"] * 120)))
+    assert long.height > short.height + 100
+    # The summary sits inside the canvas: dark text pixels in the band above the bottom margin.
+    bottom = np.asarray(long)[-40:-8, 256:]
+    assert (bottom.min(axis=-1) < 100).any()
+
+
+def test_figure_says_when_characters_cannot_be_drawn():
+    from feedback.figures import font_for, undrawable_words
+
+    rep = _report("a 猫 cat")
+    missing = undrawable_words(rep)
+    # Either a font covering CJK is installed (then it is used), or the figure says so.
+    assert missing in ([], ["猫"])
+    assert font_for("cat", 18)[1] and font_for("قطة", 18)[1]
+    from feedback.figures import summary_lines
+
+    noted = any("no installed font" in line for line in summary_lines(rep))
+    assert noted == bool(missing)
+    assert not any("no installed font" in line for line in summary_lines(_report("a dog")))
