@@ -43,3 +43,32 @@ def test_localizes_color_and_shape_foils_far_above_chance(det):
     assert r.per_kind["shape"]["la"] >= 0.6, r.per_kind
     # Foiled captions get the more negative F-CLIPScore.
     assert r.metrics["ap_fclipscore"] >= 0.85, r.metrics
+
+
+def test_calibrated_threshold_rarely_flags_correct_captions(det):
+    """The card's eps was calibrated for <= 10% false flags on the validation split; on the
+    separate test split the rate stays near that, and foil words are still found."""
+    from feedback.calibration import calibrate_threshold
+    from feedback.registry import shipped_model
+
+    card = json.loads((shipped_model("shapes-tiny").path / "clip4dm.json").read_text())
+    assert card["calibration"]["target_false_flag_rate"] == 0.1
+    samples = list(load_shapes_foil(n=300))  # test split
+    reports = det.detect([s.image for s in samples], [s.caption for s in samples])
+    originals = [r for s, r in zip(samples, reports) if s.is_original]
+    flagged = sum(bool(r.misaligned_words) for r in originals) / len(originals)
+    assert flagged <= 0.15, flagged
+    cal = calibrate_threshold(samples, reports, rate=0.1)
+    assert cal.foil_recall >= 0.5 and cal.paper_false_flag_rate > 0.9
+
+
+def test_threshold_for_false_flag_rate_is_exact():
+    from feedback.calibration import threshold_for_false_flag_rate
+
+    lowest = [-0.5, -0.4, -0.3, -0.2, -0.1, -0.05, -0.04, -0.03, -0.02, -0.01]
+    eps = threshold_for_false_flag_rate(lowest, 0.2)
+    assert sum(v < eps for v in lowest) == 2 and eps == -0.3
+    assert threshold_for_false_flag_rate(lowest, 0.0) == -0.5  # nothing flagged
+    assert threshold_for_false_flag_rate([0.1, 0.2], 0.5) == 0.0  # never positive
+    with pytest.raises(ValueError):
+        threshold_for_false_flag_rate(lowest, 1.0)
