@@ -24,9 +24,7 @@ def add_commands(sub) -> None:
     e.add_argument(
         "--n", type=positive_int, default=1000, help="shapes-foil: number of foils (default 1000)"
     )
-    e.add_argument(
-        "--limit", type=positive_int, default=None, help="evaluate the first N samples"
-    )
+    e.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N samples")
     e.add_argument(
         "--baseline",
         choices=["random"],
@@ -39,7 +37,9 @@ def add_commands(sub) -> None:
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("score", help="score a JSONL manifest of {id, image, caption}")
-    s.add_argument("--data", required=True, help="manifest.jsonl: one {id, image, caption} per line")
+    s.add_argument(
+        "--data", required=True, help="manifest.jsonl: one {id, image, caption} per line"
+    )
     s.add_argument("--out", required=True, help="results.jsonl (appended; reruns resume)")
     s.add_argument(
         "--batch-size", type=positive_int, default=32, help="pairs per forward (default 32)"

@@ -41,9 +41,7 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
         help="shipped name, local model folder, open_clip name, hf-hub:org/repo or "
         f"transformers hub id (default: {DEFAULT_MODEL})",
     )
-    p.add_argument(
-        "--pretrained", default=None, help="open_clip pretrained tag or checkpoint file"
-    )
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
     p.add_argument(
         "--layers",
         type=positive_int,
@@ -55,8 +53,7 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="EPS",
-        help="threshold mode flags words scoring below EPS; must be <= 0 "
-        f"({default('threshold')})",
+        help=f"threshold mode flags words scoring below EPS; must be <= 0 ({default('threshold')})",
     )
     p.add_argument(
         "--template",
@@ -77,7 +74,9 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
         help="gradient: CLIP4DM; occlusion: leave-one-word-out drop in cosine, slower "
         "(default: gradient)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)"
+    )
     p.add_argument(
         "--dtype",
         choices=["fp32", "fp16", "bf16"],

@@ -26,7 +26,6 @@ from .scores import (
 )
 from .words import TokenLayout, join_template, layout_tokens, shorten, split_words, word_scores
 
-
 METHODS = ("gradient", "occlusion")
 #: The paper's caption prefix.
 DEFAULT_TEMPLATE = "A photo depicts "

@@ -86,7 +86,9 @@ def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
             problems.append(f"{where}: image and caption must be strings")
             continue
         if rid in seen:
-            problems.append(f"{where}: duplicate id {shorten(str(rid))!r} (first on line {seen[rid]})")
+            problems.append(
+                f"{where}: duplicate id {shorten(str(rid))!r} (first on line {seen[rid]})"
+            )
             continue
         seen[rid] = n
         items.append(rec)

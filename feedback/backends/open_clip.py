@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from pathlib import Path
 
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
@@ -144,9 +144,7 @@ class OpenClipBackend(Backend):
         clean = getattr(tok, "clean_fn", None)
         cleaned = clean(text) if clean is not None else " ".join(text.split()).lower()
         pieces = [tok.decoder[i] for i in tok.encode(text)]
-        as_bytes = [
-            bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces
-        ]
+        as_bytes = [bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces]
         return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
