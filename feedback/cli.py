@@ -61,7 +61,8 @@ def _cmd_check(args) -> int:
             "cosine",
             "truncated",
         )
-        print(json.dumps({k: d[k] for k in keys}))
+        settings = {"model": args.model, **det.config.to_dict(), "dtype": args.dtype}
+        print(json.dumps({**{k: d[k] for k in keys}, "settings": settings}))
         return 0
     tty = sys.stdout.isatty()
     print(report.highlighted(color=tty))

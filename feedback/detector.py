@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +17,7 @@ from .attribution import eot_cam, relevance
 from .backends import Backend, attributed_text_forward, cosine
 from .errors import Clip4dmError, InputError
 from .images import ImageLike, load_image
+from .pixels import check_image_tensor
 from .registry import load_backend, recommended_settings
 from .report import MisalignmentReport, WordScore
 from .scores import (
@@ -24,7 +28,15 @@ from .scores import (
     select_misaligned,
     sum_negative_attribution,
 )
-from .words import TokenLayout, join_template, layout_tokens, shorten, split_words, word_scores
+from .words import (
+    TokenLayout,
+    Word,
+    join_template,
+    layout_tokens,
+    shorten,
+    split_words,
+    word_scores,
+)
 
 METHODS = ("gradient", "occlusion")
 #: The paper's caption prefix.
@@ -74,6 +86,77 @@ class DetectorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectorConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown DetectorConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON (peft/trl style)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DetectorConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"detector config not found: {p}")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p} is not JSON ({e.msg})") from None
+
+
+NAN_POLICIES = ("raise", "mask")
+
+
+@dataclass
+class DetectorOutput:
+    """Batched results of `MisalignmentDetector.score` (tensors on the model's device).
+
+    B pairs, T token positions (SOT = 0, the batch cut after its last EOT), W words (the
+    batch's longest caption). Padding entries are 0 and masked out.
+
+    cosine, clip_score, f_clip_score, sum_negative_attribution: (B,) float32.
+    token_scores: (B, T) float32 R[eot, j] (None for the occlusion method);
+    token_mask: (B, T) bool, True on the caption's own tokens (not SOT, template, EOT).
+    word_scores: (B, W) float32 signed word scores; word_mask: (B, W) bool, True where the
+        word exists and is scored (not cut by the context).
+    misaligned: (B, W) bool, the words selected by the config's mode.
+    valid: (B,) bool, False where nan_policy="mask" dropped a non-finite sample (its scores
+        are 0 and its masks False).
+    words: per pair, its `Word`s (text and [start, end) span in the caption).
+    token_slices: per pair and word, the [start, end) token positions it owns, or None.
+    """
+
+    captions: list[str]
+    cosine: torch.Tensor
+    clip_score: torch.Tensor
+    f_clip_score: torch.Tensor
+    sum_negative_attribution: torch.Tensor
+    token_scores: torch.Tensor | None
+    token_mask: torch.Tensor
+    word_scores: torch.Tensor
+    word_mask: torch.Tensor
+    misaligned: torch.Tensor
+    valid: torch.Tensor
+    words: list[list[Word]]
+    token_slices: list[list[tuple[int, int] | None]]
+    truncated: list[bool]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: tensors as nested lists."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.tolist()
+            elif f.name == "words":
+                v = [[asdict(w) for w in ws] for ws in v]
+            out[f.name] = v
+        return out
+
 
 @dataclass
 class _Prepared:
@@ -105,34 +188,35 @@ class MisalignmentDetector:
         model: str,
         pretrained: str | None = None,
         *,
+        config: DetectorConfig | str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
-        layers: int | None = None,
-        threshold: float | None = None,
-        template: str | None = None,
-        mode: str | None = None,
-        method: str | None = None,
-        batch_size: int | None = None,
+        **overrides,
     ) -> MisalignmentDetector:
         """Load a CLIP by name (see `feedback.registry`) and build a detector.
 
-        Options left as None take the shipped model card's recommendation if it has one, else
-        the paper's defaults (K=3, eps=-5e-5, "A photo depicts ", threshold mode).
+        config: a `DetectorConfig` or the path of one saved with `DetectorConfig.save`.
+        overrides: any `DetectorConfig` field (layers=, threshold=, template=, mode=,
+            method=, batch_size=, ...); None means "not given".
+        Without a config, fields not overridden take the shipped model card's recommendation
+        if it has one, else the paper's defaults (K=3, eps=-5e-5, "A photo depicts ",
+        threshold mode).
         """
-        given = {
-            "layers": layers,
-            "threshold": threshold,
-            "template": template,
-            "mode": mode,
-            "method": method,
-            "batch_size": batch_size,
-        }
-        settings = {
-            **recommended_settings(model),
-            **{k: v for k, v in given.items() if v is not None},
-        }
-        config = DetectorConfig(**settings)
-        return cls(load_backend(model, pretrained, device=device, dtype=dtype), config)
+        names = {f.name for f in fields(DetectorConfig)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise InputError(
+                f"unknown detector option(s): {', '.join(sorted(unknown))} "
+                f"(DetectorConfig fields: {', '.join(sorted(names))})"
+            )
+        if isinstance(config, (str, os.PathLike)):
+            config = DetectorConfig.load(config)
+        base = config.to_dict() if config is not None else recommended_settings(model)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        settings = {**base, **given}
+        return cls(
+            load_backend(model, pretrained, device=device, dtype=dtype), DetectorConfig(**settings)
+        )
 
     # ---------------------------------------------------------------------------------------
     def __call__(self, image: ImageLike, caption: str) -> MisalignmentReport:
@@ -141,7 +225,7 @@ class MisalignmentDetector:
 
     def detect(
         self,
-        images: Sequence[ImageLike],
+        images: Sequence[ImageLike] | torch.Tensor,
         captions: Sequence[str],
         *,
         batch_size: int | None = None,
@@ -149,32 +233,72 @@ class MisalignmentDetector:
     ) -> list[MisalignmentReport]:
         """Reports for many pairs, `batch_size` pairs per forward and backward.
 
-        images: paths or PIL images (any mode), one per caption; a single image may be paired
-            with many captions by repeating it.
+        images: paths or PIL images (any mode), or a (B, 3, H, W) float tensor in [0, 1], one
+            per caption; a single image may be paired with many captions by repeating it.
         """
+        captions = self._check_pairs(images, captions)
+        bs = batch_size or self.config.batch_size
+        out: list[MisalignmentReport] = []
+        for i in tqdm(
+            range(0, len(captions), bs), disable=not progress, desc="clip4dm", unit="batch"
+        ):
+            res = self.score(images[i : i + bs], captions[i : i + bs])
+            out.extend(reports_from_output(res))
+        return out
+
+    def score(
+        self,
+        images: Sequence[ImageLike] | torch.Tensor,
+        captions: Sequence[str],
+        *,
+        nan_policy: str = "raise",
+    ) -> DetectorOutput:
+        """Score one batch and return tensors (see `DetectorOutput`).
+
+        images: a (B, 3, H, W) float tensor in [0, 1] on any device (preprocessed on that
+            device to the backend's transform, no PIL round trip), or paths / PIL images.
+        nan_policy: "raise" (NonFiniteScoreError) or "mask" (the sample's `valid` is False and
+            the others are kept), for trainers that must not lose a step to one bad sample.
+        Works under an outer `torch.no_grad()` / `torch.inference_mode()`.
+        """
+        if nan_policy not in NAN_POLICIES:
+            raise InputError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        captions = self._check_pairs(images, captions)
+        prepared = [self._prepare(c) for c in captions]
+        # Attribution needs autograd even when the caller switched it off.
+        with torch.inference_mode(False), torch.enable_grad():
+            if isinstance(images, torch.Tensor):
+                check_image_tensor(images)
+                x = images.clone() if images.is_inference() else images
+                img = self.backend.encode_image(self.backend.preprocess_tensor(x.detach()))
+            else:
+                img = self._encode_images(self._load_images(images))
+            return self._score_batch(img, prepared, nan_policy)
+
+    # ---------------------------------------------------------------------------------------
+    def _check_pairs(self, images, captions) -> list[str]:
         if isinstance(captions, str):
             raise InputError(
                 "captions must be a list of strings; use detector(image, caption) for a single pair"
             )
-        if len(images) != len(captions):
-            raise InputError(f"got {len(images)} images but {len(captions)} captions")
-        prepared = [self._prepare(c) for c in captions]
-        bs = batch_size or self.config.batch_size
-        out: list[MisalignmentReport] = []
-        for i in tqdm(
-            range(0, len(prepared), bs), disable=not progress, desc="clip4dm", unit="batch"
-        ):
-            loaded: dict = {}
-            imgs = []
-            for im in images[i : i + bs]:
-                key = str(im) if isinstance(im, (str, os.PathLike)) else id(im)
-                if key not in loaded:
-                    loaded[key] = load_image(im)
-                imgs.append(loaded[key])
-            out.extend(self._run_batch(imgs, prepared[i : i + bs]))
+        n_img = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+        if n_img != len(captions):
+            raise InputError(f"got {n_img} images but {len(captions)} captions")
+        if not captions:
+            raise InputError("no captions given")
+        return list(captions)
+
+    @staticmethod
+    def _load_images(images) -> list:
+        loaded: dict = {}
+        out = []
+        for im in images:
+            key = str(im) if isinstance(im, (str, os.PathLike)) else id(im)
+            if key not in loaded:
+                loaded[key] = load_image(im)
+            out.append(loaded[key])
         return out
 
-    # ---------------------------------------------------------------------------------------
     def _prepare(self, caption: str) -> _Prepared:
         if not isinstance(caption, str):
             raise InputError(f"caption must be a string, got {type(caption).__name__}")
@@ -225,46 +349,116 @@ class MisalignmentDetector:
         n = int(eot.max()) + 1  # causal mask: nothing after the last EOT matters
         return ids[:, :n], eot
 
-    def _run_batch(self, images, prepared: list[_Prepared]) -> list[MisalignmentReport]:
-        img = self._encode_images(images)
+    def _score_batch(
+        self, img: torch.Tensor, prepared: list[_Prepared], nan_policy: str
+    ) -> DetectorOutput:
         ids, eot = self._tokenize(prepared)
+        layouts = [p.layout for p in prepared]
+        token_scores = None
         if self.config.method == "occlusion":
             from .occlusion import occlusion_scores
 
-            cos, per_word = occlusion_scores(
-                self.backend, img, ids, eot, [p.layout for p in prepared]
-            )
-            return [self._report(p, float(c), s) for p, c, s in zip(prepared, cos, per_word)]
-        with torch.inference_mode(False), torch.enable_grad():
+            cos, per_word = occlusion_scores(self.backend, img, ids, eot, layouts)
+            cos = cos.detach().float()
+        else:
             txt, attns = attributed_text_forward(self.backend, ids, eot, self.config.layers)
             s = cosine(img, txt)
             grads = torch.autograd.grad(s.sum(), attns)
-        r = relevance(
-            [
-                eot_cam(a.detach(), g, eot, relu=self.config.ablation_relu)
-                for a, g in zip(attns, grads)
-            ]
-        )
-        return [
-            self._report(p, float(c), word_scores(r[b], p.layout))
-            for b, (p, c) in enumerate(zip(prepared, s.detach()))
-        ]
+            r = relevance(
+                [
+                    eot_cam(a.detach(), g, eot, relu=self.config.ablation_relu)
+                    for a, g in zip(attns, grads)
+                ]
+            )
+            cos, token_scores = s.detach(), r
+            per_word = [word_scores(r[b], lay) for b, lay in enumerate(layouts)]
+        return self._assemble(prepared, cos, token_scores, per_word, nan_policy)
 
-    def _report(self, p: _Prepared, cos: float, scores: list[float | None]) -> MisalignmentReport:
-        check_finite("cosine similarity", cos)
-        for sc in scores:
-            if sc is not None:
-                check_finite("a word score", sc)
-        eligible = [not w.is_punctuation for w in p.layout.words]
-        chosen = select_misaligned(
-            scores, mode=self.config.mode, threshold=self.config.threshold, eligible=eligible
+    def _assemble(self, prepared, cos, token_scores, per_word, nan_policy) -> DetectorOutput:
+        dev = cos.device
+        bsz = len(prepared)
+        n_words = max(len(p.layout.words) for p in prepared)
+        ws = torch.zeros(bsz, n_words, device=dev)
+        wmask = torch.zeros(bsz, n_words, dtype=torch.bool, device=dev)
+        mis = torch.zeros(bsz, n_words, dtype=torch.bool, device=dev)
+        valid = torch.ones(bsz, dtype=torch.bool, device=dev)
+        seq = (
+            token_scores.shape[1]
+            if token_scores is not None
+            else int(max(min(p.layout.n_tokens, p.layout.capacity) for p in prepared) + 2)
         )
+        tmask = torch.zeros(bsz, seq, dtype=torch.bool, device=dev)
+        cos_list = cos.tolist()
+        for b, (p, scores) in enumerate(zip(prepared, per_word)):
+            bad = not math.isfinite(cos_list[b]) or any(
+                sc is not None and not math.isfinite(sc) for sc in scores
+            )
+            if bad:
+                if nan_policy == "raise":
+                    check_finite("cosine similarity", cos_list[b])
+                    for sc in scores:
+                        if sc is not None:
+                            check_finite("a word score", sc)
+                valid[b] = False
+                continue
+            eligible = [not w.is_punctuation for w in p.layout.words]
+            chosen = select_misaligned(
+                scores, mode=self.config.mode, threshold=self.config.threshold, eligible=eligible
+            )
+            for i, sc in enumerate(scores):
+                if sc is not None:
+                    ws[b, i] = sc
+                    wmask[b, i] = True
+            for i in chosen:
+                mis[b, i] = True
+            for sl in p.layout.slices:
+                if sl is not None:
+                    tmask[b, sl[0] : sl[1]] = True
+        cos_v = torch.where(valid, cos.float(), torch.zeros_like(cos, dtype=torch.float32))
+        cs = 2.5 * cos_v.clamp(min=0)
+        neg = (ws * mis).sum(dim=1)
+        if token_scores is not None:
+            token_scores = torch.where(valid[:, None], token_scores, 0.0)
+        return DetectorOutput(
+            captions=[p.caption for p in prepared],
+            cosine=cos_v,
+            clip_score=cs,
+            f_clip_score=neg * (1 - cs / 2.5),
+            sum_negative_attribution=neg,
+            token_scores=token_scores,
+            token_mask=tmask,
+            word_scores=ws,
+            word_mask=wmask,
+            misaligned=mis,
+            valid=valid,
+            words=[list(p.layout.words) for p in prepared],
+            token_slices=[list(p.layout.slices) for p in prepared],
+            truncated=[p.layout.truncated for p in prepared],
+        )
+
+
+def reports_from_output(out: DetectorOutput) -> list[MisalignmentReport]:
+    """One `MisalignmentReport` per pair of a `DetectorOutput` (Python floats, JSON-ready).
+
+    The scalar scores are recomputed in float64 from the word scores, exactly as the report
+    formulas state them (CLIPScore 2.5 max(s, 0); F-CLIPScore = sum of misaligned scores x
+    (1 - CLIPScore / 2.5)).
+    """
+    reports = []
+    cos = out.cosine.tolist()
+    ws, wm, mis = out.word_scores.tolist(), out.word_mask.tolist(), out.misaligned.tolist()
+    for b, caption in enumerate(out.captions):
+        scores = [ws[b][i] if wm[b][i] else None for i in range(len(out.words[b]))]
+        chosen = [i for i in range(len(out.words[b])) if mis[b][i]]
         neg = sum_negative_attribution(scores, chosen)
-        cs = clip_score(cos)
+        cs = clip_score(cos[b])
         words = [
             WordScore(w.text, w.start, w.end, sc, i in chosen)
-            for i, (w, sc) in enumerate(zip(p.layout.words, scores))
+            for i, (w, sc) in enumerate(zip(out.words[b], scores))
         ]
-        return MisalignmentReport(
-            p.caption, words, cos, cs, neg, f_clip_score(neg, cs), p.layout.truncated
+        reports.append(
+            MisalignmentReport(
+                caption, words, cos[b], cs, neg, f_clip_score(neg, cs), out.truncated[b]
+            )
         )
+    return reports

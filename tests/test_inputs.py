@@ -198,6 +198,9 @@ def test_cli_json_contract_on_local_transformers_dir(tmp_path, tiny_hf_dir, imag
     assert d["misaligned_words"] == [w["word"] for w in neg]
     assert all(w["score"] < 0 for w in neg) and all(w["word"] != "." for w in neg)
     assert d["sum_negative_attribution"] == pytest.approx(sum(w["score"] for w in neg))
+    # The effective settings travel with the result.
+    assert d["settings"]["threshold"] == 0 and d["settings"]["model"] == str(tiny_hf_dir)
+    assert d["settings"]["layers"] == 3 and d["settings"]["template"] == "A photo depicts "
     assert d["f_clip_score"] == pytest.approx(
         d["sum_negative_attribution"] * (1 - d["clip_score"] / 2.5)
     )

@@ -70,6 +70,16 @@ class Backend(ABC):
         """RGB PIL images -> (B, 3, H, W) pixel tensor on the model's device and dtype."""
 
     @abstractmethod
+    def pixel_transform(self):
+        """The `PixelTransform` equivalent of `preprocess`, for (B, 3, H, W) tensors in [0, 1]."""
+
+    def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) floats in [0, 1] on any device -> model input on the model's device."""
+        if not hasattr(self, "_pixel_transform"):
+            self._pixel_transform = self.pixel_transform()
+        return self._pixel_transform(images.to(self.device), self.image_dtype)
+
+    @abstractmethod
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) image embeddings (not normalised), without autograd."""
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
+from ..pixels import PixelTransform
 from ..words import byte_token_spans, map_spans_to_original
 from .base import Backend, BlockView
 
@@ -48,7 +49,8 @@ class OpenClipBackend(Backend):
     """
 
     def __init__(self, model: torch.nn.Module, preprocess, tokenizer, name: str = "open_clip"):
-        self.model = model.eval().requires_grad_(False)
+        # A lent model keeps its mode and requires_grad; `load` freezes what it loads itself.
+        self.model = model
         self._preprocess = preprocess
         self.tokenizer = tokenizer
         self.name = name
@@ -112,7 +114,29 @@ class OpenClipBackend(Backend):
                 raise ModelLoadError(
                     f"cannot load open_clip model {what}: {short_reason(e)}"
                 ) from e
-        return cls(model, preprocess, tokenizer, name=name)
+        return cls(model.eval().requires_grad_(False), preprocess, tokenizer, name=name)
+
+    def pixel_transform(self) -> PixelTransform:
+        from torchvision import transforms as T
+
+        resize, crop, mean, std, interp = None, None, None, None, "bicubic"
+        for t in getattr(self._preprocess, "transforms", []):
+            if isinstance(t, T.Resize):
+                size = t.size if isinstance(t.size, int) else min(t.size)
+                resize = int(size)
+                interp = {"bilinear": "bilinear", "nearest": "nearest"}.get(
+                    t.interpolation.value, "bicubic"
+                )
+            elif isinstance(t, T.CenterCrop):
+                crop = tuple(int(v) for v in t.size)
+            elif isinstance(t, T.Normalize):
+                mean, std = tuple(t.mean), tuple(t.std)
+        if resize is None or crop is None or mean is None:
+            raise ModelLoadError(
+                f"{self.name}: cannot read Resize/CenterCrop/Normalize from its preprocessing; "
+                "pass PIL images instead of tensors"
+            )
+        return PixelTransform(resize, crop, mean, std, interp)
 
     @property
     def image_dtype(self) -> torch.dtype:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
+from ..pixels import PixelTransform
 from ..words import byte_token_spans, map_spans_to_original
 from .base import Backend, BlockView, causal_mask
 
@@ -34,7 +35,8 @@ class TransformersBackend(Backend):
     """Wrap a `CLIPModel`, its tokenizer and image processor."""
 
     def __init__(self, model, tokenizer, image_processor, name: str = "transformers"):
-        self.model = model.eval().requires_grad_(False)
+        # A lent model keeps its mode and requires_grad; `load` freezes what it loads itself.
+        self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.name = name
@@ -98,7 +100,14 @@ class TransformersBackend(Backend):
                 raise ModelLoadError(
                     f"cannot load the image processor of {name!r}: {short_reason(e)}"
                 ) from e
-        return cls(model, tokenizer, processor, name=name)
+        return cls(model.eval().requires_grad_(False), tokenizer, processor, name=name)
+
+    def pixel_transform(self) -> PixelTransform:
+        p = self.image_processor
+        size = p.size.get("shortest_edge") or min(p.size.get("height"), p.size.get("width"))
+        crop = (p.crop_size["height"], p.crop_size["width"]) if p.do_center_crop else (size, size)
+        interp = {2: "bilinear", 3: "bicubic", 0: "nearest"}.get(int(p.resample), "bicubic")
+        return PixelTransform(int(size), crop, tuple(p.image_mean), tuple(p.image_std), interp)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         px = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
