@@ -31,12 +31,21 @@ class ShippedModel:
     recommended: dict = field(default_factory=dict)
 
 
-def _shipped() -> dict[str, ShippedModel]:
-    import shapesworld
+def _weights_root() -> Path | None:
+    # Find the testbed's weights folder without importing (executing) the testbed package:
+    # loading any other model must not pay for, or depend on, ShapesWorld.
+    import importlib.util
 
-    root = Path(shapesworld.__file__).parent / "weights"
+    spec = importlib.util.find_spec("shapesworld")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "weights"
+
+
+def _shipped() -> dict[str, ShippedModel]:
+    root = _weights_root()
     out = {}
-    for d in sorted(root.glob("*")) if root.exists() else []:
+    for d in sorted(root.glob("*")) if root is not None and root.exists() else []:
         card = d / "clip4dm.json"
         if card.exists():
             meta = json.loads(card.read_text())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,6 @@ class MisalignmentReport:
     sum_negative_attribution: float
     f_clip_score: float
     truncated: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def misaligned_words(self) -> list[str]:
@@ -66,7 +65,6 @@ class MisalignmentReport:
             "misaligned_words": self.misaligned_words,
             "truncated": self.truncated,
             "words": [w.to_dict() for w in self.words],
-            **self.extra,
         }
 
     def highlighted(self, color: bool = False) -> str:

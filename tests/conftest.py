@@ -75,3 +75,13 @@ def images():
         scene = sample_scene(rng)
         out.append((render_scene(scene), describe(scene, rng).text))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test reaches the network: huggingface_hub runs in offline mode in this process
+    (tests that exercise the online path pass their own environment to a subprocess)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

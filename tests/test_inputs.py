@@ -131,6 +131,7 @@ def test_bad_input_exits_2_with_one_line(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "offline_env",
     [
@@ -405,3 +406,14 @@ def test_figure_says_when_characters_cannot_be_drawn():
     noted = any("no installed font" in line for line in summary_lines(rep))
     assert noted == bool(missing)
     assert not any("no installed font" in line for line in summary_lines(_report("a dog")))
+
+
+@pytest.mark.slow
+def test_registry_does_not_import_the_testbed_for_other_models(tiny_open_clip_dir):
+    code = (
+        "import sys; from feedback import MisalignmentDetector; "
+        f"MisalignmentDetector.from_pretrained({str(tiny_open_clip_dir)!r}); "
+        "assert 'shapesworld' not in sys.modules, 'testbed imported'; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-1500:]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from feedback import MisalignmentDetector
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_shapes_clip.py"
@@ -50,6 +52,7 @@ def _launch(out, *extra):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_recipe_smoke_resume_and_export(tmp_path):
     out = tmp_path / "run"
     _launch(out, "--steps", "2")

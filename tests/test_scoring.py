@@ -74,6 +74,7 @@ def _score_cmd(model, manifest, out, *launcher):
     ]
 
 
+@pytest.mark.slow
 def test_killed_process_resumes(tiny_open_clip_dir, manifest, tmp_path):
     out = tmp_path / "killed.jsonl"
     cmd = _score_cmd(tiny_open_clip_dir, manifest, out, sys.executable, "-m", "feedback.cli")
@@ -90,6 +91,7 @@ def test_killed_process_resumes(tiny_open_clip_dir, manifest, tmp_path):
     assert len(ids) == len(set(ids)) == 40
 
 
+@pytest.mark.slow
 def test_two_ranks_each_score_a_shard(tiny_open_clip_dir, manifest, tmp_path):
     """The README's sharding command: torchrun starts two gloo ranks (PartialState(cpu=True));
     each scores every other row into its own part, and rank 0 merges."""

@@ -87,7 +87,22 @@ def test_held_out_set_is_balanced_and_stable():
 def test_parse_and_swap():
     words, phrases, rels = parse_caption("a small red circle to the left of a blue square")
     assert len(phrases) == 2 and rels[0].relation == "left" and rels[0].other == 1
-    scene = sample_scene(np.random.default_rng(2), 2)
-    cap = describe(scene, np.random.default_rng(4))
+    # Find a two-object caption whose objects differ in color: the swap must then exist and
+    # give each object the other's color (and every other attribute word).
+    for seed in range(100):
+        cap = describe(sample_scene(np.random.default_rng(seed), 2), np.random.default_rng(seed))
+        colors = {w.obj: w.text for w in cap.words if w.kind == "color"}
+        if len(colors) == 2 and len(set(colors.values())) == 2:
+            break
+    else:
+        pytest.fail("no two-color caption in 100 seeds")
+    assert cap.text == " ".join(w.text for w in cap.words)
     swapped = swap_objects(cap)
-    assert swapped is None or swapped != cap.text
+    assert swapped is not None and swapped != cap.text
+    out = swapped.split()
+    (a, ca), (b, cb) = sorted(colors.items())
+    for i, w in enumerate(cap.words):
+        if w.kind == "color":
+            assert out[i] == (cb if w.obj == a else ca)
+        elif w.kind in (None, "position"):
+            assert out[i] == w.text
