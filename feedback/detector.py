@@ -313,11 +313,7 @@ class MisalignmentDetector:
             self.backend.context_length,
         )
         if layout.truncated:
-            cut = [
-                w.text
-                for w, s in zip(layout.words, layout.slices)
-                if s is None and w.end + offset > 0
-            ]
+            cut = [w.text for w, s in zip(layout.words, layout.slices) if s is None]
             msg = (
                 f"caption is {layout.n_tokens} tokens with the template but "
                 f"{self.backend.name} reads {layout.capacity}: {len(cut)} word(s) from "

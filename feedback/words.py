@@ -157,6 +157,15 @@ def byte_token_spans(normalized: str, token_bytes: Sequence[bytes]) -> list[tupl
     return spans
 
 
+def bpe_token_spans(
+    text: str, cleaned: str, pieces: Sequence[str], byte_decoder: dict[str, int]
+) -> list[tuple[int, int]]:
+    """Spans in `text` of CLIP byte-level BPE pieces (vocabulary strings, `</w>`-suffixed)
+    that a tokenizer made from `cleaned`, its cleaned version of `text`."""
+    as_bytes = [bytes(byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces]
+    return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
+
+
 def map_spans_to_original(
     original: str, normalized: str, spans: Sequence[tuple[int, int]]
 ) -> list[tuple[int, int]]:

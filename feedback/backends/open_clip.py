@@ -11,7 +11,7 @@ from PIL import Image
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
 from ..pixels import PixelTransform
-from ..words import byte_token_spans, map_spans_to_original
+from ..words import bpe_token_spans
 from .base import Backend, BlockView
 
 #: Weight files open_clip reads from a local folder, in its order of preference; failing
@@ -168,8 +168,7 @@ class OpenClipBackend(Backend):
         clean = getattr(tok, "clean_fn", None)
         cleaned = clean(text) if clean is not None else " ".join(text.split()).lower()
         pieces = [tok.decoder[i] for i in tok.encode(text)]
-        as_bytes = [bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces]
-        return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
+        return bpe_token_spans(text, cleaned, pieces, tok.byte_decoder)
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.argmax(dim=-1)

@@ -15,7 +15,7 @@ from PIL import Image
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
 from ..pixels import PixelTransform
-from ..words import byte_token_spans, map_spans_to_original
+from ..words import bpe_token_spans
 from .base import Backend, BlockView, causal_mask
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
@@ -143,9 +143,7 @@ class TransformersBackend(Backend):
             return [tuple(o) for o in enc["offset_mapping"]]
         # A slow CLIPTokenizer has no offsets: align its byte-level pieces to the text.
         pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
-        as_bytes = [bytes(tok.byte_decoder[c] for c in p.removesuffix("</w>")) for p in pieces]
-        cleaned = " ".join(text.split()).lower()
-        return map_spans_to_original(text, cleaned, byte_token_spans(cleaned, as_bytes))
+        return bpe_token_spans(text, " ".join(text.split()).lower(), pieces, tok.byte_decoder)
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         # Same rule as CLIPTextModel: legacy configs (eos id 2) pool at the largest id.
