@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from .scores import (
     check_finite,
     clip_score,
     f_clip_score,
-    select_misaligned,
+    misaligned_mask,
     sum_negative_attribution,
 )
 from .words import (
@@ -35,7 +34,7 @@ from .words import (
     layout_tokens,
     shorten,
     split_words,
-    word_scores,
+    word_pooling,
 )
 
 METHODS = ("gradient", "occlusion")
@@ -176,6 +175,7 @@ class MisalignmentDetector:
     def __init__(self, backend: Backend, config: DetectorConfig | None = None):
         self.backend = backend
         self.config = config or DetectorConfig()
+        self._layouts: dict[str, TokenLayout] = {}
         if self.config.layers > backend.num_text_layers:
             raise InputError(
                 f"layers={self.config.layers} but {backend.name} has only "
@@ -268,7 +268,7 @@ class MisalignmentDetector:
         # Attribution needs autograd even when the caller switched it off.
         with torch.inference_mode(False), torch.enable_grad():
             if isinstance(images, torch.Tensor):
-                check_image_tensor(images)
+                check_image_tensor(images, allow_nan=nan_policy == "mask")
                 x = images.clone() if images.is_inference() else images
                 img = self.backend.encode_image(self.backend.preprocess_tensor(x.detach()))
             else:
@@ -305,13 +305,19 @@ class MisalignmentDetector:
         if not caption.strip():
             raise InputError("caption is empty or whitespace-only")
         text = join_template(self.config.template, caption)
-        offset = len(text) - len(caption)
-        layout = layout_tokens(
-            split_words(caption),
-            self.backend.token_spans(text),
-            offset,
-            self.backend.context_length,
-        )
+        layout = self._layouts.get(text)
+        if layout is None:
+            # Token spans cost a tokenizer pass and an alignment; loops score the same
+            # prompt many times, so keep a bounded cache keyed by the templated text.
+            layout = layout_tokens(
+                split_words(caption),
+                self.backend.token_spans(text),
+                len(text) - len(caption),
+                self.backend.context_length,
+            )
+            if len(self._layouts) >= 4096:
+                self._layouts.clear()
+            self._layouts[text] = layout
         if layout.truncated:
             cut = [w.text for w, s in zip(layout.words, layout.slices) if s is None]
             msg = (
@@ -356,6 +362,13 @@ class MisalignmentDetector:
 
             cos, per_word = occlusion_scores(self.backend, img, ids, eot, layouts)
             cos = cos.detach().float()
+            seq = int(max(min(lay.n_tokens, lay.capacity) for lay in layouts) + 2)
+            _, wmask = word_pooling(layouts, seq, cos.device)
+            ws = torch.zeros(wmask.shape, device=cos.device)
+            for b, scores in enumerate(per_word):
+                for i, sc in enumerate(scores):
+                    if sc is not None:
+                        ws[b, i] = sc
         else:
             txt, attns = attributed_text_forward(self.backend, ids, eot, self.config.layers)
             s = cosine(img, txt)
@@ -366,51 +379,41 @@ class MisalignmentDetector:
                     for a, g in zip(attns, grads)
                 ]
             )
-            cos, token_scores = s.detach(), r
-            per_word = [word_scores(r[b], lay) for b, lay in enumerate(layouts)]
-        return self._assemble(prepared, cos, token_scores, per_word, nan_policy)
+            cos, token_scores = s.detach().float(), r.float()
+            pool, wmask = word_pooling(layouts, r.shape[1], r.device)
+            ws = torch.bmm(pool, token_scores[:, :, None])[:, :, 0]
+        return self._assemble(prepared, cos, token_scores, ws, wmask, nan_policy)
 
-    def _assemble(self, prepared, cos, token_scores, per_word, nan_policy) -> DetectorOutput:
+    def _assemble(self, prepared, cos, token_scores, ws, wmask, nan_policy) -> DetectorOutput:
         dev = cos.device
         bsz = len(prepared)
-        n_words = max(len(p.layout.words) for p in prepared)
-        ws = torch.zeros(bsz, n_words, device=dev)
-        wmask = torch.zeros(bsz, n_words, dtype=torch.bool, device=dev)
-        mis = torch.zeros(bsz, n_words, dtype=torch.bool, device=dev)
-        valid = torch.ones(bsz, dtype=torch.bool, device=dev)
         seq = (
             token_scores.shape[1]
             if token_scores is not None
             else int(max(min(p.layout.n_tokens, p.layout.capacity) for p in prepared) + 2)
         )
-        tmask = torch.zeros(bsz, seq, dtype=torch.bool, device=dev)
-        cos_list = cos.tolist()
-        for b, (p, scores) in enumerate(zip(prepared, per_word)):
-            bad = not math.isfinite(cos_list[b]) or any(
-                sc is not None and not math.isfinite(sc) for sc in scores
-            )
-            if bad:
-                if nan_policy == "raise":
-                    check_finite("cosine similarity", cos_list[b])
-                    for sc in scores:
-                        if sc is not None:
-                            check_finite("a word score", sc)
-                valid[b] = False
-                continue
-            eligible = [not w.is_punctuation for w in p.layout.words]
-            chosen = select_misaligned(
-                scores, mode=self.config.mode, threshold=self.config.threshold, eligible=eligible
-            )
-            for i, sc in enumerate(scores):
-                if sc is not None:
-                    ws[b, i] = sc
-                    wmask[b, i] = True
-            for i in chosen:
-                mis[b, i] = True
+        tmask = torch.zeros(bsz, seq, dtype=torch.bool)
+        punct = torch.zeros(wmask.shape, dtype=torch.bool)
+        for b, p in enumerate(prepared):
+            for i, w in enumerate(p.layout.words):
+                punct[b, i] = w.is_punctuation
             for sl in p.layout.slices:
                 if sl is not None:
                     tmask[b, sl[0] : sl[1]] = True
-        cos_v = torch.where(valid, cos.float(), torch.zeros_like(cos, dtype=torch.float32))
+        tmask, punct = tmask.to(dev), punct.to(dev)
+        finite = torch.isfinite(cos) & torch.where(wmask, ws, 0.0).isfinite().all(dim=1)
+        if not bool(finite.all()):
+            if nan_policy == "raise":
+                b = int((~finite).nonzero()[0])
+                check_finite("cosine similarity", float(cos[b]))
+                check_finite("a word score", float(ws[b][wmask[b]].sum()))
+        valid = finite
+        wmask = wmask & valid[:, None]
+        ws = torch.where(wmask, ws, 0.0)
+        mis = misaligned_mask(
+            ws, wmask & ~punct, mode=self.config.mode, threshold=self.config.threshold
+        )
+        cos_v = torch.where(valid, cos, 0.0)
         cs = 2.5 * cos_v.clamp(min=0)
         neg = (ws * mis).sum(dim=1)
         if token_scores is not None:
@@ -422,7 +425,7 @@ class MisalignmentDetector:
             f_clip_score=neg * (1 - cs / 2.5),
             sum_negative_attribution=neg,
             token_scores=token_scores,
-            token_mask=tmask,
+            token_mask=tmask & valid[:, None],
             word_scores=ws,
             word_mask=wmask,
             misaligned=mis,

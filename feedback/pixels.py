@@ -40,17 +40,26 @@ class PixelTransform:
         return ((x - mean) / std).to(dtype)
 
 
-def check_image_tensor(images: torch.Tensor) -> None:
-    """A clear error for tensors that are not a (B, 3, H, W) batch of finite [0, 1] floats."""
+def check_image_tensor(images: torch.Tensor, *, allow_nan: bool = False) -> None:
+    """A clear error for tensors that are not a (B, 3, H, W) batch of finite [0, 1] floats.
+
+    allow_nan: let non-finite pixels through (a diverged sample under nan_policy="mask" is
+    then dropped by its scores, not the whole batch); the range check ignores them.
+    """
     if images.ndim != 4 or images.shape[1] != 3:
         raise InputError(f"image tensor must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise InputError(f"image tensor must be float in [0, 1], got {images.dtype}")
     if images.shape[-1] < 1 or images.shape[-2] < 1:
         raise InputError(f"image tensor has no pixels: {tuple(images.shape)}")
+    finite = images.isfinite()
+    if not bool(finite.all()):
+        if not allow_nan:
+            raise InputError("image tensor holds NaN or inf")
+        images = images[finite]
+        if images.numel() == 0:
+            return
     lo, hi = float(images.min()), float(images.max())
-    if not (lo == lo and hi == hi):
-        raise InputError("image tensor holds NaN")
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(
             f"image tensor values must lie in [0, 1] (got {lo:.3g}..{hi:.3g}); a diffusers "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 MODES = ("threshold", "most-negative")
 
 
@@ -54,3 +56,20 @@ def check_finite(name: str, value: float) -> None:
         raise NonFiniteScoreError(
             f"{name} is {value}: the model produced non-finite values (try --dtype fp32)"
         )
+
+
+def misaligned_mask(
+    word_scores: torch.Tensor, eligible: torch.Tensor, *, mode: str, threshold: float
+) -> torch.Tensor:
+    """Batched `select_misaligned`: (B, W) bool from (B, W) scores and an eligibility mask
+    (scored and not punctuation-only)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "threshold":
+        return eligible & (word_scores < threshold)
+    masked = word_scores.masked_fill(~eligible, float("inf"))
+    out = torch.zeros_like(eligible)
+    if out.shape[1]:
+        lowest = masked.argmin(dim=1)
+        out[torch.arange(len(out), device=out.device), lowest] = True
+    return out & eligible

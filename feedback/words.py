@@ -132,6 +132,33 @@ def word_scores(token_scores: torch.Tensor, layout: TokenLayout) -> list[float |
     return out
 
 
+def word_pooling(
+    layouts: Sequence[TokenLayout], seq_len: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batched version of `word_scores`: `word_scores = pool @ token_scores[..., None]`.
+
+    Returns `pool` (B, W, seq_len) float32, row (b, i) averaging word i's tokens, and `mask`
+    (B, W) bool, True where the word is scored. W is the longest layout's word count.
+    """
+    n_words = max((len(lay.words) for lay in layouts), default=0)
+    rows, cols, vals = [], [], []
+    mask = torch.zeros(len(layouts), n_words, dtype=torch.bool)
+    for b, lay in enumerate(layouts):
+        for i, s in enumerate(lay.slices):
+            if s is None:
+                continue
+            mask[b, i] = True
+            n = s[1] - s[0]
+            for t in range(s[0], s[1]):
+                rows.append(b * n_words + i)
+                cols.append(t)
+                vals.append(1.0 / n)
+    pool = torch.zeros(len(layouts) * n_words, seq_len)
+    if rows:
+        pool[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(vals)
+    return pool.view(len(layouts), n_words, seq_len).to(device), mask.to(device)
+
+
 # --- token character spans -------------------------------------------------------------------
 def byte_token_spans(normalized: str, token_bytes: Sequence[bytes]) -> list[tuple[int, int]]:
     """Character spans in `normalized` of byte-level BPE tokens.

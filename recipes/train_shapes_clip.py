@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from feedback.backends import OpenClipBackend, text_forward
 from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
 from recipes.shapes_data import MEAN, STD, make_batch
 from shapesworld import Degradation
@@ -83,22 +84,6 @@ class TrainConfig:
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
-def encode_text_truncated(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """open_clip `encode_text` on ids cut after the batch's last EOT token.
-
-    Exact: the text mask is causal and the embedding is read at EOT, so padding after the
-    last EOT never influences it. Saves ~1/3 of the text compute on short captions.
-    """
-    from open_clip.transformer import text_global_pool
-
-    n = int(ids.argmax(dim=-1).max()) + 1
-    ids = ids[:, :n]
-    x = model.token_embedding(ids) + model.positional_embedding[:n]
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = text_global_pool(model.ln_final(x), ids, "argmax")
-    return x @ model.text_projection
-
-
 def export(model: torch.nn.Module, cfg: TrainConfig, out: Path, summary: dict) -> None:
     """fp16 safetensors + open_clip local-dir config + training summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +136,8 @@ def main(cfg: TrainConfig) -> dict:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    # The detector's backend over the (training) model: it leaves mode and requires_grad alone.
+    text_backend = OpenClipBackend(accelerator.unwrap_model(model), None, tokenizer, "training")
     step = 0
     ckpt = out / "checkpoint"
     if cfg.resume and ckpt.exists():
@@ -187,7 +174,10 @@ def main(cfg: TrainConfig) -> dict:
         ids = tokenize(texts).to(accelerator.device)
         unwrapped = accelerator.unwrap_model(model)
         img = torch.nn.functional.normalize(unwrapped.encode_image(images), dim=-1)
-        txt = torch.nn.functional.normalize(encode_text_truncated(unwrapped, ids), dim=-1)
+        # The detector's own text forward (cut after the last EOT: exact, ~1/3 cheaper).
+        eot = text_backend.eot_positions(ids)
+        ids = ids[:, : int(eot.max()) + 1]
+        txt = torch.nn.functional.normalize(text_forward(text_backend, ids, eot), dim=-1)
         loss, stats = hard_negative_clip_loss(
             img,
             txt,

@@ -1,6 +1,13 @@
 """Model-specific code behind one small interface (`Backend`)."""
 
-from .base import Backend, BlockView, attributed_text_forward, cosine, encode_text_fast
+from .base import (
+    Backend,
+    BlockView,
+    attributed_text_forward,
+    cosine,
+    encode_text_fast,
+    text_forward,
+)
 from .open_clip import OpenClipBackend
 from .transformers import TransformersBackend
 
@@ -12,4 +19,5 @@ __all__ = [
     "attributed_text_forward",
     "cosine",
     "encode_text_fast",
+    "text_forward",
 ]

@@ -180,11 +180,21 @@ def attributed_text_forward(
     return backend.text_head(x_eot), attns
 
 
+def text_forward(backend: Backend, ids: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """(B, L) ids -> (B, D) text embeddings read at `eot`, under the caller's grad mode.
+
+    The one text-tower forward shared by the detector (occlusion, packaging checks) and the
+    training recipe. ids may be cut after the batch's last EOT: the mask is causal and the
+    embedding is read at EOT, so later padding never changes the result (and costs compute).
+    """
+    x = backend.run_blocks(backend.embed_tokens(ids), 0, backend.num_text_layers)
+    return backend.text_head(x[torch.arange(ids.shape[0], device=ids.device), eot])
+
+
 def encode_text_fast(backend: Backend, ids: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """(B, L) ids (cut after the last EOT) -> (B, D) text embeddings, no autograd."""
+    """`text_forward` without autograd (scoring only)."""
     with torch.no_grad():
-        x = backend.run_blocks(backend.embed_tokens(ids), 0, backend.num_text_layers)
-        return backend.text_head(x[torch.arange(ids.shape[0], device=ids.device), eot])
+        return text_forward(backend, ids, eot)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

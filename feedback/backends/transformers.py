@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..alignment import tokenizer_spans
 from ..errors import ModelLoadError, short_reason
 from ..hub import offline_if_unreachable, offline_message
 from ..pixels import PixelTransform
-from ..words import bpe_token_spans
 from .base import Backend, BlockView, causal_mask
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
@@ -137,13 +137,7 @@ class TransformersBackend(Backend):
         return self.text.embeddings.token_embedding.weight.dtype
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        tok = self.tokenizer
-        if getattr(tok, "is_fast", False):
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            return [tuple(o) for o in enc["offset_mapping"]]
-        # A slow CLIPTokenizer has no offsets: align its byte-level pieces to the text.
-        pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
-        return bpe_token_spans(text, " ".join(text.split()).lower(), pieces, tok.byte_decoder)
+        return tokenizer_spans(self.tokenizer, text)
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         # Same rule as CLIPTextModel: legacy configs (eos id 2) pool at the largest id.

@@ -1,0 +1,141 @@
+"""Rewards for trainers: per image (DDPO-style) and per token of the generator's tokenizer.
+
+Normalization. Raw CLIP4DM scores have a model-dependent scale (the paper's eps is -5e-5 on
+ViT-B/32; the shipped `shapes-tiny` card calibrates eps = -2.6e-3). A reward should mean the
+same on any CLIP, so rewards are expressed **in units of the detector's threshold**:
+`unit = |config.threshold|`, which for a shipped model is its card's calibrated eps (the score
+below which 10% of correct captions get a false flag) and otherwise the paper's eps. So:
+
+- image reward = F-CLIPScore / unit  (+ `clip_score_weight` x CLIPScore): 0 when nothing is
+  misaligned, about -1 for one word just at the threshold on a low-CLIPScore image;
+- word/token reward = word score / unit: below -1 means "flagged".
+
+The paper-faithful scores in `DetectorOutput` are untouched; only these rewards are scaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .alignment import WordTokens, align_words
+from .detector import DetectorOutput, MisalignmentDetector
+
+
+@dataclass
+class RewardConfig:
+    """How `FeedbackReward` turns detector output into rewards.
+
+    unit: the score that counts as -1 (None = |detector threshold|, see module docstring).
+    clip_score_weight: weight of CLIPScore (0-2.5 scale) added to the image reward.
+    invalid_reward: reward given to a sample whose scores were non-finite (it is also marked
+        invalid in the info, so a trainer can drop it instead).
+    """
+
+    unit: float | None = None
+    clip_score_weight: float = 0.0
+    invalid_reward: float = 0.0
+
+
+@dataclass
+class RewardInfo:
+    """What a reward call saw: the detector output and the normalized word scores.
+
+    word_rewards: (B, W) word score / unit (0 where `output.word_mask` is False).
+    valid: (B,) False for samples dropped for non-finite scores.
+    unit: the normalization actually used.
+    """
+
+    output: DetectorOutput
+    word_rewards: torch.Tensor
+    valid: torch.Tensor
+    unit: float
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output.to_dict(),
+            "word_rewards": self.word_rewards.tolist(),
+            "valid": self.valid.tolist(),
+            "unit": self.unit,
+        }
+
+
+@dataclass
+class TokenRewards:
+    """Per-token rewards on a generator tokenizer's padded input.
+
+    rewards: (B, L) float32, each token's word reward (mean over the words it belongs to; 0 on
+        start/end/padding tokens and on tokens of no scored word).
+    mask: (B, L) bool, True on tokens that belong to at least one scored word.
+    input_ids: (B, L) the tokenizer's ids (padding="max_length", truncation at L).
+    alignments: per prompt, the word-to-position map used.
+    """
+
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    input_ids: torch.Tensor
+    alignments: list[WordTokens]
+
+
+class FeedbackReward:
+    """`reward(images, prompts) -> (rewards [B], info)`, the signature DDPO-style trainers call.
+
+    images: (B, 3, H, W) float tensor in [0, 1] on any device (e.g. a pipeline's
+        `output_type="pt"`), or PIL images / paths.
+    A third positional argument (per-prompt metadata, as trl's DDPO passes) is accepted and
+    ignored. Non-finite samples never raise: they get `invalid_reward` and `valid` False.
+    """
+
+    def __init__(self, detector: MisalignmentDetector, config: RewardConfig | None = None):
+        self.detector = detector
+        self.config = config or RewardConfig()
+        unit = self.config.unit if self.config.unit is not None else -detector.config.threshold
+        if not unit > 0:
+            raise ValueError(
+                f"reward unit must be > 0, got {unit}: set RewardConfig.unit or give the "
+                "detector a negative threshold"
+            )
+        self.unit = float(unit)
+
+    def __call__(self, images, prompts, metadata=None) -> tuple[torch.Tensor, RewardInfo]:
+        out = self.detector.score(images, list(prompts), nan_policy="mask")
+        rewards = out.f_clip_score / self.unit + self.config.clip_score_weight * out.clip_score
+        rewards = torch.where(out.valid, rewards, self.config.invalid_reward)
+        info = RewardInfo(out, out.word_scores / self.unit, out.valid, self.unit)
+        return rewards, info
+
+    def token_rewards(
+        self, info: RewardInfo, tokenizer, *, max_length: int | None = None
+    ) -> TokenRewards:
+        """Word rewards of `info` spread onto `tokenizer`'s positions for the same prompts
+        (e.g. `pipe.tokenizer`, and `pipe.tokenizer_2` for SDXL)."""
+        return token_rewards(info.output, info.word_rewards, tokenizer, max_length=max_length)
+
+
+def token_rewards(
+    output: DetectorOutput,
+    word_values: torch.Tensor,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+) -> TokenRewards:
+    """Spread per-word values (B, W) of `output`'s prompts onto `tokenizer`'s input positions."""
+    max_length = max_length or tokenizer.model_max_length
+    bsz = len(output.captions)
+    rewards = torch.zeros(bsz, max_length)
+    counts = torch.zeros(bsz, max_length)
+    ids = torch.zeros(bsz, max_length, dtype=torch.long)
+    values = word_values.detach().float().cpu()
+    scored = output.word_mask.cpu()
+    alignments = []
+    for b, prompt in enumerate(output.captions):
+        al = align_words(prompt, tokenizer, words=output.words[b], max_length=max_length)
+        alignments.append(al)
+        ids[b] = torch.tensor(al.input_ids)
+        for i, pos in enumerate(al.positions):
+            if pos and scored[b, i]:
+                rewards[b, pos] += values[b, i]
+                counts[b, pos] += 1
+    mask = counts > 0
+    return TokenRewards(rewards / counts.clamp(min=1), mask, ids, alignments)
