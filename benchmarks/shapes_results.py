@@ -16,8 +16,8 @@ import json
 import math
 
 from feedback import DetectorConfig, MisalignmentDetector
-from feedback.datasets import load_shapes_foil
-from feedback.evaluate import run_benchmark
+from feedback.eval.datasets import load_shapes_foil
+from feedback.eval.evaluate import detect_samples, run_benchmark
 from shapesworld import WORD_KINDS
 
 
@@ -62,16 +62,29 @@ def main():
     rows, full = [], {}
     for name, cfg, picker in variants:
         det = MisalignmentDetector(backend, cfg)
+        # Detect once per variant; the subsets reuse the same reports.
+        reports, secs = detect_samples(det, samples, progress=False)
+        by_id = {id(s): rep for s, rep in zip(samples, reports)}
+
+        def subset(sub, reports=reports, by_id=by_id, det=det, picker=picker):
+            return run_benchmark(
+                det,
+                sub,
+                benchmark="shapes-foil",
+                picker=picker,
+                reports=[by_id[id(s)] for s in sub],
+            )
+
         r = run_benchmark(
             det,
             samples,
             benchmark="shapes-foil",
             content_word=content,
             picker=picker,
-            progress=False,
+            reports=reports,
+            seconds=secs,
         )
-        ra = run_benchmark(det, attr, benchmark="shapes-foil", picker=picker, progress=False)
-        rp = run_benchmark(det, pos, benchmark="shapes-foil", picker=picker, progress=False)
+        ra, rp = subset(attr), subset(pos)
         k = r.per_kind
         la_attr = sum(k[x]["la"] for x in ("color", "shape", "size")) / 3
         rows.append(

@@ -3,17 +3,27 @@
 Entry point: `MisalignmentDetector.from_pretrained(model)`, then `detector(image, caption)`.
 """
 
+from .alignment import WordTokens, align_words
 from .attribution import eot_cam, relevance
 from .backends import Backend, OpenClipBackend, TransformersBackend
-from .detector import DetectorConfig, MisalignmentDetector
+from .config import DEFAULT_TEMPLATE, DetectorConfig
+from .detector import DetectorOutput, MisalignmentDetector
 from .errors import Clip4dmError, InputError, ModelLoadError, NonFiniteScoreError
+from .formulas import clip_score, f_clip_score, select_misaligned, sum_negative_attribution
 from .images import load_image, to_rgb
 from .registry import load_backend, recommended_settings, shipped_models
 from .report import MisalignmentReport, WordScore
-from .scores import clip_score, f_clip_score, select_misaligned, sum_negative_attribution
+from .rewards import FeedbackReward, RewardConfig, token_rewards
 from .words import Word, split_words
 
 __all__ = [
+    "DEFAULT_TEMPLATE",
+    "DetectorOutput",
+    "FeedbackReward",
+    "RewardConfig",
+    "WordTokens",
+    "align_words",
+    "token_rewards",
     "Backend",
     "Clip4dmError",
     "DetectorConfig",

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .attribution import eot_cam, relevance
 from .backends import Backend, attributed_text_forward, cosine
+from .config import DetectorConfig
 from .errors import Clip4dmError, InputError
-from .images import ImageLike, load_image
-from .pixels import check_image_tensor
-from .registry import load_backend, recommended_settings
-from .report import MisalignmentReport, WordScore
-from .scores import (
-    MODES,
+from .formulas import (
     check_finite,
     clip_score,
     f_clip_score,
     misaligned_mask,
     sum_negative_attribution,
 )
+from .images import ImageLike, load_image
+from .pixels import check_image_tensor
+from .registry import load_backend, recommended_settings
+from .report import MisalignmentReport, WordScore
 from .words import (
     TokenLayout,
     Word,
@@ -36,76 +34,6 @@ from .words import (
     split_words,
     word_pooling,
 )
-
-METHODS = ("gradient", "occlusion")
-#: The paper's caption prefix.
-DEFAULT_TEMPLATE = "A photo depicts "
-
-
-@dataclass
-class DetectorConfig:
-    """How words are scored and selected.
-
-    layers: number of last text layers whose signed CAMs are averaged (K; paper: 3).
-    threshold: eps; in threshold mode words scoring below it are misaligned (paper: -5e-5).
-    template: prefix put before every caption (paper: "A photo depicts "); its words are
-        never reported.
-    mode: "threshold" (every word below eps) or "most-negative" (the single lowest word).
-    method: "gradient" (CLIP4DM) or "occlusion" (leave-one-word-out drop in cosine; costs one
-        extra text forward per word, no backward).
-    batch_size: pairs per forward/backward in `detect`.
-    ablation_relu: clamp G*A at 0 (Chefer et al.). Not CLIP4DM; for comparisons only.
-    """
-
-    layers: int = 3
-    threshold: float = -5e-5
-    template: str = DEFAULT_TEMPLATE
-    mode: str = "threshold"
-    method: str = "gradient"
-    batch_size: int = 32
-    ablation_relu: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.layers, int) or self.layers < 1:
-            raise InputError(f"layers must be a positive integer, got {self.layers!r}")
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not isinstance(self.threshold, (int, float)) or self.threshold != self.threshold:
-            raise InputError(f"threshold must be a number, got {self.threshold!r}")
-        if self.threshold > 0:
-            raise InputError(
-                f"threshold must be <= 0, got {self.threshold}: a positive eps would flag words "
-                "the image supports (positive scores)"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DetectorConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown DetectorConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON (peft/trl style)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> DetectorConfig:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"detector config not found: {p}")
-        try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p} is not JSON ({e.msg})") from None
-
 
 NAN_POLICIES = ("raise", "mask")
 

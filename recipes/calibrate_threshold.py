@@ -17,8 +17,8 @@ import argparse
 import json
 
 from feedback import MisalignmentDetector
-from feedback.calibration import calibrate_threshold
-from feedback.datasets import load_shapes_foil
+from feedback.eval.calibration import calibrate_threshold
+from feedback.eval.datasets import load_shapes_foil
 from feedback.registry import shipped_model
 from shapesworld import HELD_OUT_SEED
 

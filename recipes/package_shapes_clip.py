@@ -25,8 +25,8 @@ import torch
 
 from feedback import DetectorConfig, MisalignmentDetector
 from feedback.backends import cosine, encode_text_fast
-from feedback.datasets import load_shapes_foil
-from feedback.evaluate import run_benchmark
+from feedback.eval.datasets import load_shapes_foil
+from feedback.eval.evaluate import run_benchmark
 from shapesworld import HELD_OUT_SEED, describe, render_scene, sample_scene
 
 VALIDATION_SEED = HELD_OUT_SEED + 1

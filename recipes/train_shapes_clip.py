@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from feedback.backends import OpenClipBackend, text_forward
 from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
-from recipes.shapes_data import MEAN, STD, make_batch
 from shapesworld import Degradation
+from shapesworld.data import MEAN, STD, make_batch
 
 
 def default_model_cfg() -> dict:

@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from shapesworld import describe, render_scene, sample_scene
+from shapesworld.data import render_batch
 
 
 @dataclass
@@ -61,17 +61,6 @@ class T2IConfig:
 
 
 RESOLUTION = 32
-
-
-def render_batch(rng: np.random.Generator, n: int, p_two: float) -> tuple[torch.Tensor, list[str]]:
-    """`n` scenes as a (n, 3, 32, 32) tensor in [-1, 1] and their captions."""
-    images, captions = [], []
-    for _ in range(n):
-        scene = sample_scene(rng, 2 if rng.random() < p_two else 1)
-        captions.append(describe(scene, rng).text)
-        images.append(np.asarray(render_scene(scene, RESOLUTION), dtype=np.float32))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return x, captions
 
 
 def build_text_encoder(name: str):
@@ -194,7 +183,7 @@ def train_vae(cfg: T2IConfig, accelerator: Accelerator, rng, minutes: float):
     t0, step, recon = time.time(), 0, float("nan")
     bar = tqdm(total=cfg.vae_steps, desc="vae", disable=not accelerator.is_main_process)
     while step < cfg.vae_steps and (minutes <= 0 or time.time() - t0 < minutes * 60):
-        x, _ = render_batch(rng, cfg.batch_size, cfg.p_two_objects)
+        x, _ = render_batch(rng, cfg.batch_size, p_two_objects=cfg.p_two_objects)
         x = x.to(accelerator.device)
         post = accelerator.unwrap_model(vae).encode(x).latent_dist
         out = accelerator.unwrap_model(vae).decode(post.sample()).sample
@@ -210,7 +199,7 @@ def train_vae(cfg: T2IConfig, accelerator: Accelerator, rng, minutes: float):
     bar.close()
     vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
     with torch.no_grad():
-        x, _ = render_batch(rng, 256, cfg.p_two_objects)
+        x, _ = render_batch(rng, 256, p_two_objects=cfg.p_two_objects)
         z = vae.encode(x.to(accelerator.device)).latent_dist.mode()
         out = vae.decode(z).sample.clamp(-1, 1)
         psnr = float(10 * torch.log10(4.0 / torch.mean((out - x.to(out)) ** 2)))
@@ -262,7 +251,7 @@ def main(cfg: T2IConfig) -> dict:
     bar = tqdm(total=cfg.unet_steps, desc="unet", disable=not accelerator.is_main_process)
     step, running = 0, float("nan")
     while step < cfg.unet_steps and time.time() < deadline:
-        x, captions = render_batch(rng, cfg.batch_size, cfg.p_two_objects)
+        x, captions = render_batch(rng, cfg.batch_size, p_two_objects=cfg.p_two_objects)
         with torch.no_grad():
             z = vae.encode(x.to(accelerator.device)).latent_dist.sample() * sf
             cond = encode_prompts(text_encoder, tokenizer, captions).to(accelerator.device)

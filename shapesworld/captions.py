@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,13 +108,24 @@ class ParsedRelation:
     other: int | None
 
 
+#: What a word is: whitespace-separated, with "." and "," words of their own -- the detector's
+#: rule (`feedback.words.split_words`) on ShapesWorld's ASCII captions, so that verdicts and
+#: detector words line up by position and span.
+_WORD = re.compile(r"[.,]|[^\s.,]+")
+
+
+def caption_words(text: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) for every word of `text`, punctuation words included."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
 def parse_caption(text: str) -> tuple[list[str], list[ParsedPhrase], list[ParsedRelation]]:
     """Read a ShapesWorld-grammar caption (possibly foiled) back into phrases and relations.
 
     Returns the words, the object phrases in order, and the position statements. Works on any
     caption of the grammar in `describe`, including ones with one word swapped.
     """
-    words = text.replace(",", " ").replace(".", " ").lower().split()
+    words = [w.lower() for w, _, _ in caption_words(text)]
     phrases: list[ParsedPhrase] = []
     color = size = None
     for i, w in enumerate(words):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .captions import parse_caption
+from .captions import caption_words, parse_caption
 from .render import shape_mask
 from .vocabulary import COLORS, RELATIONS, SHAPES, SIZES, WORD_KINDS
 
@@ -29,9 +29,14 @@ class DetectedObject:
 
 @dataclass(frozen=True)
 class WordVerdict:
+    """The oracle's verdict on one caption word; [start, end) is its character span in the
+    caption, the same word and span the detector reports (punctuation words included)."""
+
     word: str
     kind: str | None
-    correct: bool | None  # None for function words
+    correct: bool | None  # None for function words and punctuation
+    start: int = 0
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,11 @@ def judge(image: Image.Image, caption: str) -> OracleJudgement:
         ok = sum(v is True for v in verdict)
         if ok > best_ok:
             best, best_ok = verdict, ok
-    verdicts = tuple(WordVerdict(w, WORD_KINDS.get(w), best[i]) for i, w in enumerate(words))
+    spans = caption_words(caption)
+    verdicts = tuple(
+        WordVerdict(text, WORD_KINDS.get(w), best[i], a, b)
+        for i, (w, (text, a, b)) in enumerate(zip(words, spans))
+    )
     return OracleJudgement(caption, verdicts, len(objs) == n, tuple(objs))
 
 

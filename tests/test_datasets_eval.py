@@ -10,9 +10,9 @@ import pytest
 
 from feedback import MisalignmentDetector
 from feedback.cli import main
-from feedback.datasets import load_benchmark, richhf_tokens
-from feedback.evaluate import evaluate, run_benchmark
-from feedback.metrics import average_precision, word_prf
+from feedback.eval.datasets import load_benchmark, richhf_tokens
+from feedback.eval.evaluate import evaluate, run_benchmark
+from feedback.eval.metrics import average_precision, word_prf
 from feedback.report import MisalignmentReport, WordScore
 from feedback.words import split_words
 
@@ -123,7 +123,7 @@ def _report(caption, scores, cos=0.3):
 
 
 def test_evaluate_metrics_on_known_scores():
-    from feedback.datasets import Sample
+    from feedback.eval.datasets import Sample
 
     foil = Sample("f", None, "a blue circle", False, ["blue"], [(2, 6)], kind="color")
     orig = Sample("o", None, "a red circle", True, kind="color")
@@ -155,7 +155,7 @@ def test_metric_functions():
 
 
 def test_run_benchmark_shapes_and_random_baseline(tiny_open_clip_dir):
-    from feedback.datasets import load_shapes_foil
+    from feedback.eval.datasets import load_shapes_foil
 
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
     samples = list(load_shapes_foil(n=24))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from feedback import MisalignmentDetector
-from feedback.scoring import score_manifest
+from feedback.batch import score_manifest
 
 
 @pytest.fixture

@@ -106,3 +106,21 @@ def test_parse_and_swap():
             assert out[i] == (cb if w.obj == a else ca)
         elif w.kind in (None, "position"):
             assert out[i] == w.text
+
+
+def test_oracle_words_line_up_with_detector_words():
+    from feedback.words import split_words
+
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        scene = sample_scene(rng)
+        text = describe(scene, rng).text
+        # punctuation the way users write it: commas after phrases, a final period or "..."
+        text = text.replace(" and ", ", and ", 1) + (".", "...", " .", "")[i % 4]
+        verdicts = judge(render_scene(scene, 32), text).words
+        det = split_words(text)
+        assert [(v.word, v.start, v.end) for v in verdicts] == [
+            (w.text, w.start, w.end) for w in det
+        ]
+        assert all(v.correct is None for v in verdicts if v.word in {".", ","})
+        assert judge(render_scene(scene, 32), text).all_correct

@@ -8,8 +8,8 @@ import pytest
 
 from feedback import MisalignmentDetector, recommended_settings, shipped_models
 from feedback.cli import main
-from feedback.datasets import load_shapes_foil
-from feedback.evaluate import run_benchmark
+from feedback.eval.datasets import load_shapes_foil
+from feedback.eval.evaluate import run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_localizes_color_and_shape_foils_far_above_chance(det):
 def test_calibrated_threshold_rarely_flags_correct_captions(det):
     """The card's eps was calibrated for <= 10% false flags on the validation split; on the
     separate test split the rate stays near that, and foil words are still found."""
-    from feedback.calibration import calibrate_threshold
+    from feedback.eval.calibration import calibrate_threshold
     from feedback.registry import shipped_model
 
     card = json.loads((shipped_model("shapes-tiny").path / "clip4dm.json").read_text())
@@ -63,7 +63,7 @@ def test_calibrated_threshold_rarely_flags_correct_captions(det):
 
 
 def test_threshold_for_false_flag_rate_is_exact():
-    from feedback.calibration import threshold_for_false_flag_rate
+    from feedback.eval.calibration import threshold_for_false_flag_rate
 
     lowest = [-0.5, -0.4, -0.3, -0.2, -0.1, -0.05, -0.04, -0.03, -0.02, -0.01]
     eps = threshold_for_false_flag_rate(lowest, 0.2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from feedback.scores import (
+from feedback.formulas import (
     clip_score,
     f_clip_score,
     select_misaligned,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_MODEL = "shapes-tiny"
 PAPER = {"layers": 3, "threshold": -5e-5}
@@ -22,8 +22,8 @@ def positive_int(text: str) -> int:
 
 def add_detector_args(p: argparse.ArgumentParser) -> None:
     """--model, --layers, ... with help that states the defaults actually applied."""
-    from .detector import DEFAULT_TEMPLATE
-    from .registry import recommended_settings
+    from ..config import DEFAULT_TEMPLATE
+    from ..registry import recommended_settings
 
     card = recommended_settings(DEFAULT_MODEL)
 
@@ -87,7 +87,7 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
 
 def build_detector(args, device: str | None = None):
     """The detector the options describe."""
-    from .detector import MisalignmentDetector
+    from ..detector import MisalignmentDetector
 
     if args.threshold is not None and args.threshold != args.threshold:
         raise InputError("--threshold is NaN")

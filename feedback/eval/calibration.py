@@ -14,16 +14,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from ..report import MisalignmentReport
 from .datasets import Sample
 from .metrics import spans_overlap
-from .report import MisalignmentReport
 
 PAPER_THRESHOLD = -5e-5
 
 
 def lowest_eligible_score(report: MisalignmentReport) -> float:
     """The lowest score among words the detector may flag (scored, not punctuation-only)."""
-    from .words import Word
+    from ..words import Word
 
     scores = [
         w.score

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass
@@ -251,7 +251,7 @@ def load_benchmark(name: str, data: str | Path | None = None, **kwargs) -> list[
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError) as e:
         # json errors are ValueErrors; a record without the published fields is a KeyError.
-        from .errors import short_reason
+        from ..errors import short_reason
 
         raise InputError(
             f"{data} is not a {name} file in its published format ({short_reason(e)})"

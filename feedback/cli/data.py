@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from .cli_options import add_detector_args, build_detector, positive_int
-from .errors import InputError
+from ..errors import InputError
+from .options import add_detector_args, build_detector, positive_int
 
 
 def add_commands(sub) -> None:
@@ -58,8 +58,8 @@ def _fmt(v) -> str:
 
 
 def _cmd_eval(args) -> int:
-    from .datasets import load_benchmark
-    from .evaluate import detect_samples, nli_entailment, run_benchmark
+    from ..eval.datasets import load_benchmark
+    from ..eval.evaluate import detect_samples, nli_entailment, run_benchmark
 
     kwargs = {}
     if args.benchmark == "shapes-foil":
@@ -130,7 +130,7 @@ def _cmd_eval(args) -> int:
 def _cmd_score(args) -> int:
     from accelerate import PartialState
 
-    from .scoring import score_manifest
+    from ..batch import score_manifest
 
     # torchrun (or `accelerate launch` on GPUs) starts the ranks; PartialState joins them
     # (gloo on CPU). A plain `clip4dm score` is one rank of one.

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..formulas import f_clip_score, select_misaligned, sum_negative_attribution
+from ..report import MisalignmentReport
+from ..words import split_words
 from .datasets import BENCHMARKS, Sample
 from .metrics import average_precision, correlations, localization_accuracy, spans_overlap, word_prf
-from .report import MisalignmentReport
-from .scores import f_clip_score, select_misaligned, sum_negative_attribution
-from .words import split_words
 
 DEFAULT_SWEEP = (0.0, -1e-6, -1e-5, -5e-5, -1e-4, -5e-4, -1e-3)
 

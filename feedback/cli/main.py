@@ -10,8 +10,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli_options import DEFAULT_MODEL, add_detector_args, build_detector
-from .errors import Clip4dmError, InputError
+from ..errors import Clip4dmError, InputError
+from .options import DEFAULT_MODEL, add_detector_args, build_detector
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main"]
 
@@ -36,14 +36,14 @@ def check_figure_path(path: str) -> Path:
 
 
 def _cmd_check(args) -> int:
-    from .images import load_image
+    from ..images import load_image
 
     figure = check_figure_path(args.figure) if args.figure else None
     image = load_image(args.image)  # fail on a bad image before loading a model
     det = build_detector(args)
     report = det(image, args.caption)
     if figure is not None:
-        from .figures import render_report
+        from ..figures import render_report
 
         try:
             render_report(image, report).save(figure)
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--figure", default=None, help="also save a picture of the report (.png, .jpg, .webp)"
     )
     c.set_defaults(func=_cmd_check)
-    from . import cli_data
+    from . import data as cli_data
 
     cli_data.add_commands(sub)
     return p

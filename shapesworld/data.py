@@ -1,4 +1,5 @@
-"""Freshly rendered ShapesWorld training batches with per-word-kind hard negatives."""
+"""Freshly rendered ShapesWorld training batches: images as tensors (normalization is a
+parameter), captions, and per-word-kind hard negatives for contrastive training."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shapesworld import Degradation, describe, make_foil, render_scene, sample_scene, swap_objects
-from shapesworld.foils import foil_kinds
+from .captions import describe
+from .foils import foil_kinds, make_foil, swap_objects
+from .render import Degradation, render_scene
+from .scenes import sample_scene
 
 #: OpenAI CLIP normalisation, also written into the exported model's preprocess config.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
+#: Maps [0, 1] to [-1, 1], what a diffusers VAE reads.
+DIFFUSION_MEAN = (0.5, 0.5, 0.5)
+DIFFUSION_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -25,12 +31,30 @@ class ShapesBatch:
     foil_kinds: list[list[str]]
 
 
-def to_tensor(images, resolution: int) -> torch.Tensor:
+def to_tensor(images, mean=MEAN, std=STD) -> torch.Tensor:
+    """PIL images -> (B, 3, H, W) float32, (x / 255 - mean) / std per channel."""
     arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def render_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    p_two_objects: float = 0.5,
+    resolution: int = 32,
+    mean=DIFFUSION_MEAN,
+    std=DIFFUSION_STD,
+) -> tuple[torch.Tensor, list[str]]:
+    """`batch_size` random scenes (two objects with probability `p_two_objects`) as a
+    normalized (B, 3, R, R) tensor, and their true captions (text-to-image training)."""
+    images, captions = [], []
+    for _ in range(batch_size):
+        scene = sample_scene(rng, 2 if rng.random() < p_two_objects else 1)
+        captions.append(describe(scene, rng).text)
+        images.append(render_scene(scene, resolution))
+    return to_tensor(images, mean, std), captions
 
 
 def make_batch(
@@ -78,4 +102,4 @@ def make_batch(
         captions.append(prefix + cap.text + suffix)
         foils.append(f_texts)
         kinds.append(f_kinds)
-    return ShapesBatch(to_tensor(images, resolution), captions, foils, kinds)
+    return ShapesBatch(to_tensor(images), captions, foils, kinds)
