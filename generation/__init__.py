@@ -1,5 +1,29 @@
-"""clip4dm generation: the diffusers feedback loop (score, re-weight, regenerate).
+"""clip4dm generation: CLIP4DM feedback in the loop of a diffusers pipeline.
 
-Not built yet: it is the subject of a later issue and builds on `feedback` and ShapesWorld.
-Nothing is exported here so far.
+Entry point: `FeedbackPipeline(pipe, detector, LoopConfig(...))`, then call it like the
+pipeline. Strategies: best-of-N by F-CLIPScore, re-weighting of misaligned words, automatic
+Attend-and-Excite.
 """
+
+from .attend_excite import token_indices
+from .config import STRATEGIES, LoopConfig
+from .outputs import FeedbackPipelineOutput, PromptHistory, RoundRecord
+from .pipeline import FeedbackPipeline
+from .selection import best_index
+from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
+
+__all__ = [
+    "STRATEGIES",
+    "FeedbackPipeline",
+    "FeedbackPipelineOutput",
+    "LoopConfig",
+    "PromptHistory",
+    "RoundRecord",
+    "apply_weights",
+    "best_index",
+    "raise_weights",
+    "to_a1111",
+    "to_compel",
+    "token_indices",
+    "token_weights",
+]

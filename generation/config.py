@@ -1,0 +1,60 @@
+"""`LoopConfig`: which fix the loop applies, and its budget."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+STRATEGIES = ("best_of_n", "reweight", "attend_and_excite")
+
+
+@dataclass
+class LoopConfig:
+    """How the feedback loop spends its image budget on one prompt.
+
+    strategy: "best_of_n" (one round of `max_images` samples, keep the best),
+        "reweight" (raise the weights of misaligned words, regenerate) or
+        "attend_and_excite" (hand the misaligned words to Attend-and-Excite, regenerate).
+    max_images: image budget per prompt (all rounds together).
+    max_rounds: round budget per prompt (round 0 is the plain generation).
+    samples_per_round: images per round (the last round may get fewer: the budget rules).
+    weight_step: in "reweight", a flagged word's weight grows by
+        `weight_step * min(score / threshold, 2)` each round it is flagged (so a word far below
+        the threshold is raised faster, up to twice the step), ...
+    max_weight: ... and never beyond this (weights start at 1 and only grow).
+    reseed: new seeds every round (True) or the best image's seeds again (False: the fix is
+        the only change, which isolates its effect on that image).
+    stop_when_aligned: stop as soon as the best image so far has no misaligned word (the
+        detector's threshold decides: use a calibrated one, or correct images get "fixed").
+    select_from_all_rounds: return the best image the loop made (by F-CLIPScore, ties by
+        CLIPScore) rather than the last round's best.
+    ae_max_iter_to_alter, ae_scale_factor: Attend-and-Excite's own knobs.
+    seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
+    """
+
+    strategy: str = "reweight"
+    max_images: int = 4
+    max_rounds: int = 4
+    samples_per_round: int = 1
+    weight_step: float = 0.25
+    max_weight: float = 2.0
+    reseed: bool = True
+    stop_when_aligned: bool = True
+    select_from_all_rounds: bool = True
+    ae_max_iter_to_alter: int = 25
+    ae_scale_factor: float = 20.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        for name in ("max_images", "max_rounds", "samples_per_round"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer (the budget), got {v!r}")
+        if not 1.0 <= self.max_weight <= 10.0:
+            raise ValueError(f"max_weight must lie in [1, 10], got {self.max_weight}")
+        if self.weight_step <= 0:
+            raise ValueError(f"weight_step must be > 0, got {self.weight_step}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

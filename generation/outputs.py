@@ -1,0 +1,78 @@
+"""Outputs of the feedback loop: every round of every prompt, and the images it kept."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from feedback import MisalignmentReport
+
+
+@dataclass
+class RoundRecord:
+    """One round of one prompt.
+
+    fix: what made this round's images ("plain", "reweight", "attend_and_excite").
+    images: the round's images (a (n, 3, H, W) tensor in [0, 1]).
+    reports: the detector's report per image.
+    seeds: the seed of each image.
+    weights: the per-word weights used (1 = unchanged), aligned with the report's words.
+    prompt_a1111 / prompt_compel: the same weights as prompt syntax (for other tools).
+    token_indices: the Attend-and-Excite indices used (positions, start-of-text = 0).
+    """
+
+    round: int
+    fix: str
+    images: Any
+    reports: list[MisalignmentReport]
+    seeds: list[int]
+    weights: list[float]
+    prompt_a1111: str
+    prompt_compel: str
+    token_indices: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}
+        d["reports"] = [r.to_dict() for r in self.reports]
+        return d
+
+
+@dataclass
+class PromptHistory:
+    """Everything the loop did for one prompt; `best` = (round, index in round) kept."""
+
+    prompt: str
+    rounds: list[RoundRecord]
+    best: tuple[int, int]
+    stopped: str
+    """Why the loop stopped: "aligned", "max_images", "max_rounds" or "no_fix"."""
+
+    @property
+    def best_report(self) -> MisalignmentReport:
+        r, i = self.best
+        return self.rounds[r].reports[i]
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(r.seeds) for r in self.rounds)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "best": list(self.best),
+            "stopped": self.stopped,
+            "num_images": self.num_images,
+            "rounds": [r.to_dict() for r in self.rounds],
+        }
+
+
+@dataclass
+class FeedbackPipelineOutput:
+    """images: the kept image per prompt, in the requested `output_type`;
+    history: per prompt, every round's images, reports, weights and seeds."""
+
+    images: Any
+    history: list[PromptHistory]
+
+    def to_dict(self) -> dict:
+        return {"history": [h.to_dict() for h in self.history]}

@@ -1,0 +1,91 @@
+"""Misaligned words -> per-word weights -> weighted `prompt_embeds` (and their syntax strings).
+
+The rule (bounded, documented in `LoopConfig`): weights start at 1; each round a word is
+flagged, its weight grows by `weight_step * min(score / threshold, 2)` up to `max_weight`.
+Weights reach the pipeline through character spans: each word's tokens in every tokenizer of
+the pipeline (`feedback.align_words`), and the text encoder's output at those positions is
+multiplied by the weight (Compel/A1111 style, without re-normalization, so only the mapped
+positions change and weight 1 everywhere is exactly the plain call). Pooled embeddings
+(SDXL) are left as the encoder made them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from feedback import Word, align_words
+
+
+def raise_weights(
+    weights: list[float],
+    scores: Sequence[float | None],
+    misaligned: Sequence[bool],
+    *,
+    threshold: float,
+    step: float,
+    max_weight: float,
+) -> list[float]:
+    """The next round's weights: flagged words raised by `step * min(score/threshold, 2)`."""
+    out = list(weights)
+    for i, (s, flagged) in enumerate(zip(scores, misaligned)):
+        if flagged and s is not None:
+            severity = min(s / threshold, 2.0) if threshold < 0 else 1.0
+            out[i] = min(max_weight, out[i] + step * max(severity, 1.0))
+    return out
+
+
+def token_weights(prompt: str, words: Sequence[Word], weights: Sequence[float], tokenizer):
+    """(L,) float32 weight per input position of `tokenizer` (1 where no word is weighted;
+    a token shared by two words takes the larger weight)."""
+    al = align_words(prompt, tokenizer, words=words)
+    w = torch.ones(len(al.input_ids))
+    for pos, wt in zip(al.positions, weights):
+        for p in pos:
+            w[p] = max(float(w[p]), float(wt)) if wt >= 1 else min(float(w[p]), float(wt))
+    return w
+
+
+def apply_weights(
+    embeds: torch.Tensor, per_token: Sequence[torch.Tensor], dims: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Multiply (B, L, D) `embeds` by per-token weights (one (L,) map per text encoder).
+
+    dims: with several encoders (SDXL) their outputs are concatenated along D in order; block k
+        has `dims[k]` features and takes tokenizer k's map. Default: one encoder, all of D.
+    Weight 1 everywhere returns `embeds` itself (the plain call, bit for bit).
+    """
+    if all(bool((w == 1).all()) for w in per_token):
+        return embeds
+    dims = list(dims) if dims is not None else [embeds.shape[-1]]
+    if len(dims) != len(per_token) or sum(dims) != embeds.shape[-1]:
+        raise ValueError(f"embedding width {embeds.shape[-1]} does not split into {dims}")
+    out = embeds.clone()
+    start = 0
+    for w, d in zip(per_token, dims):
+        out[:, : len(w), start : start + d] *= w.to(out)[None, :, None]
+        start += d
+    return out
+
+
+def to_a1111(prompt: str, words: Sequence[Word], weights: Sequence[float]) -> str:
+    """The prompt with weighted words in A1111 syntax: `(word:1.3)`."""
+    return _wrap(prompt, words, weights, lambda t, w: f"({t}:{w:.2f})")
+
+
+def to_compel(prompt: str, words: Sequence[Word], weights: Sequence[float]) -> str:
+    """The prompt with weighted words in Compel syntax: `(word)1.3`."""
+    return _wrap(prompt, words, weights, lambda t, w: f"({t}){w:.2f}")
+
+
+def _wrap(prompt, words, weights, fmt) -> str:
+    out, last = [], 0
+    for w, wt in zip(words, weights):
+        if abs(wt - 1.0) < 1e-9:
+            continue
+        out.append(prompt[last : w.start])
+        out.append(fmt(prompt[w.start : w.end], wt))
+        last = w.end
+    out.append(prompt[last:])
+    return "".join(out)

@@ -1,0 +1,280 @@
+"""The feedback loop around genuine diffusers pipelines (SD 1.x and SDXL classes) built tiny
+with random weights inside the test -- no mocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feedback import MisalignmentDetector, align_words
+from feedback.backends import OpenClipBackend
+from feedback.convert import write_clip_tokenizer
+from generation import FeedbackPipeline, LoopConfig, to_a1111, to_compel, token_indices
+
+PROMPT = "a small red circle, left of a big blue astronautically square..."
+
+
+def _text_encoder(hidden: int, with_projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(cfg).eval()
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=32,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    tok = write_clip_tokenizer(tmp_path_factory.mktemp("tok"))
+    tok.model_max_length = 77
+    return tok
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tokenizer):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=_text_encoder(32),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tmp_path_factory):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tok2")
+    tok = write_clip_tokenizer(folder)
+    tok.model_max_length = 77
+    tok2 = AutoTokenizer.from_pretrained(folder, pad_token="!")
+    tok2.model_max_length = 77
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,  # 6 * 8 + pooled width 32
+        cross_attention_dim=64,  # 32 + 32: the two encoders' outputs concatenated
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=_text_encoder(32),
+        text_encoder_2=_text_encoder(32, with_projection=True),
+        tokenizer=tok,
+        tokenizer_2=tok2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_open_clip_dir):
+    return MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+
+
+GEN = dict(num_inference_steps=2, guidance_scale=3.0, height=32, width=32)
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_weight_one_reproduces_the_plain_call(which, sd_pipe, sdxl_pipe, detector):
+    pipe = sd_pipe if which == "sd" else sdxl_pipe
+    fb = FeedbackPipeline(pipe, detector)
+    words = detector.score(torch.rand(1, 3, 32, 32), [PROMPT]).words[0]
+    kw = fb.encode(PROMPT, words, [1.0] * len(words))
+    a = pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **GEN)
+    b = pipe(**kw, generator=torch.Generator().manual_seed(3), output_type="pt", **GEN)
+    assert torch.equal(a.images, b.images)
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_weights_change_only_the_mapped_positions(which, sd_pipe, sdxl_pipe, detector):
+    pipe = sd_pipe if which == "sd" else sdxl_pipe
+    fb = FeedbackPipeline(pipe, detector)
+    words = detector.score(torch.rand(1, 3, 32, 32), [PROMPT]).words[0]
+    texts = [w.text for w in words]
+    target = texts.index("astronautically")
+    weights = [1.0] * len(words)
+    weights[target] = 1.5
+    plain = fb.encode(PROMPT)["prompt_embeds"]
+    kw = fb.encode(PROMPT, words, weights)
+    changed = (kw["prompt_embeds"] != plain).any(dim=-1)[0].nonzero().flatten().tolist()
+    want = align_words(PROMPT, pipe.tokenizer, words=words).positions[target]
+    assert len(want) > 1 and changed == want  # a multi-BPE word: all its tokens, nothing else
+    ratio = kw["prompt_embeds"][0, want] / plain[0, want]
+    assert torch.allclose(ratio[plain[0, want] != 0], torch.tensor(1.5))
+    if which == "sdxl":  # both encoders' blocks are weighted; pooled embeds untouched
+        assert (kw["prompt_embeds"][0, want, :32] != plain[0, want, :32]).any()
+        assert (kw["prompt_embeds"][0, want, 32:] != plain[0, want, 32:]).any()
+        assert torch.equal(kw["pooled_prompt_embeds"], fb.encode(PROMPT)["pooled_prompt_embeds"])
+    # the same weights as syntax for other tools
+    assert "(astronautically:1.50)" in to_a1111(PROMPT, words, weights)
+    assert "(astronautically)1.50" in to_compel(PROMPT, words, weights)
+
+
+def test_loop_stops_when_nothing_is_misaligned(sd_pipe, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e9)
+    fb = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="reweight", max_images=4))
+    out = fb(PROMPT, **GEN)
+    h = out.history[0]
+    assert h.stopped == "aligned" and len(h.rounds) == 1 and h.num_images == 1
+    assert not h.best_report.misaligned_words
+
+
+def test_reweight_loop_raises_flagged_words_and_keeps_the_best(sd_pipe, tiny_open_clip_dir):
+    # most-negative mode always flags one word, so the loop uses its whole budget
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    cfg = LoopConfig(strategy="reweight", max_images=3, max_rounds=5, weight_step=0.25)
+    seen = []
+    out = FeedbackPipeline(sd_pipe, det, cfg)(
+        [PROMPT, "a cyan cross"],
+        output_type="pt",
+        callback_on_round_end=lambda p, rec: seen.append((p, rec.round)),
+        **GEN,
+    )
+    assert out.images.shape == (2, 3, 32, 32)
+    assert len(seen) == 6 and seen[0] == (PROMPT, 0)
+    for h in out.history:
+        assert h.num_images == 3 and h.stopped == "max_images"
+        assert [r.fix for r in h.rounds] == ["plain", "reweight", "reweight"]
+        assert h.rounds[0].weights == [1.0] * len(h.rounds[0].weights)
+        for prev, cur in zip(h.rounds, h.rounds[1:]):
+            flagged = [i for i, w in enumerate(prev.reports[0].words) if w.misaligned]
+            # the kept image's flagged word was raised, nothing was lowered
+            assert all(c >= p for c, p in zip(cur.weights, prev.weights))
+            assert len({w for w in range(len(cur.weights)) if cur.weights[w] > prev.weights[w]})
+            assert flagged
+        # the kept image is the best of every image the loop made
+        all_reports = [rep for r in h.rounds for rep in r.reports]
+        best = max(all_reports, key=lambda r: (r.f_clip_score, r.clip_score))
+        assert h.best_report.f_clip_score == best.f_clip_score
+        seeds = [s for r in h.rounds for s in r.seeds]
+        assert len(set(seeds)) == len(seeds)
+    kept = out.history[0].rounds[out.history[0].best[0]].images[out.history[0].best[1]]
+    assert torch.equal(out.images[0], kept)
+
+
+def test_seeded_runs_are_deterministic(sd_pipe, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    fb = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="reweight", max_images=2))
+    a = fb(PROMPT, generator=torch.Generator().manual_seed(7), output_type="pt", **GEN)
+    b = fb(PROMPT, generator=torch.Generator().manual_seed(7), output_type="pt", **GEN)
+    c = fb(PROMPT, generator=torch.Generator().manual_seed(8), output_type="pt", **GEN)
+    assert torch.equal(a.images, b.images)
+    assert a.history[0].rounds[0].seeds != c.history[0].rounds[0].seeds
+
+
+def test_best_of_n_is_one_batched_round(sd_pipe, detector):
+    fb = FeedbackPipeline(sd_pipe, detector, LoopConfig(strategy="best_of_n", max_images=4))
+    out = fb(PROMPT, output_type="pil", **GEN)
+    h = out.history[0]
+    assert len(h.rounds) == 1 and len(h.rounds[0].seeds) == 4
+    reps = h.rounds[0].reports
+    assert h.best == (0, max(range(4), key=lambda i: (reps[i].f_clip_score, reps[i].clip_score)))
+    assert out.images[0].size == (32, 32)
+
+
+def test_attend_and_excite_indices_and_run(sd_pipe, tokenizer, tiny_open_clip_dir):
+    words = (
+        MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+        .score(torch.rand(1, 3, 32, 32), [PROMPT])
+        .words[0]
+    )
+    flags = [w.text in ("red", "astronautically", "...", ".") for w in words]
+    idx = token_indices(PROMPT, words, flags, tokenizer)
+    al = align_words(PROMPT, tokenizer, words=words)
+    assert idx and not set(idx) & set(al.special_positions) and 0 not in idx
+    red = al.positions[[w.text for w in words].index("red")]
+    assert set(red) <= set(idx)
+    # the loop hands the flagged words to diffusers' A&E pipeline, and gives the UNet back
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    before = {k: type(v) for k, v in sd_pipe.unet.attn_processors.items()}
+    fb = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="attend_and_excite", max_images=2))
+    out = fb(PROMPT, output_type="pt", **GEN)
+    h = out.history[0]
+    assert [r.fix for r in h.rounds] == ["plain", "attend_and_excite"]
+    assert h.rounds[1].token_indices and 0 not in h.rounds[1].token_indices
+    assert {k: type(v) for k, v in sd_pipe.unet.attn_processors.items()} == before
+
+
+def test_bad_input_is_refused_before_generating(sd_pipe, sdxl_pipe, detector, monkeypatch):
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        FeedbackPipeline(object(), detector)
+    with pytest.raises(ValueError, match="budget"):
+        LoopConfig(max_images=0)
+    with pytest.raises(ValueError, match="SD 1.x"):
+        FeedbackPipeline(sdxl_pipe, detector, LoopConfig(strategy="attend_and_excite"))
+    fb = FeedbackPipeline(sd_pipe, detector)
+    calls = []
+    monkeypatch.setattr(fb, "_loop", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match="negative_prompt"):
+        fb(["a", "b"], negative_prompt=["x"], **GEN)
+    with pytest.raises(ValueError, match="empty"):
+        fb(["a red circle", "  "], **GEN)
+    assert not calls
+    monkeypatch.setattr(OpenClipBackend, "device", property(lambda self: torch.device("cuda", 0)))
+    with pytest.raises(ValueError, match="device='cpu'"):
+        FeedbackPipeline(sd_pipe, detector)
+
+
+def test_prompt_longer_than_77_tokens_is_visible(sd_pipe, detector):
+    fb = FeedbackPipeline(sd_pipe, detector, LoopConfig(strategy="best_of_n", max_images=1))
+    long = " ".join(["a red circle and"] * 30)
+    with pytest.warns(UserWarning, match="not seen by the generator"):
+        out = fb(long, output_type="pt", **GEN)
+    assert out.images.shape[0] == 1
