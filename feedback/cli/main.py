@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_cmd_check)
     from . import data as cli_data
+    from . import generate as cli_generate
 
     cli_data.add_commands(sub)
+    cli_generate.add_commands(sub)
     return p
 
 

@@ -1,0 +1,154 @@
+"""Pictures of a loop run: an HTML report (every round's images, the prompt with misaligned
+words highlighted and their weights, an optional oracle verdict beside) and a PNG grid."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from .outputs import PromptHistory
+
+#: oracle(image, prompt) -> per detector word: True (right), False (wrong), None (no verdict).
+Oracle = Callable[[Image.Image, str], Sequence[bool | None]]
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] -> RGB PIL image."""
+    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(arr)
+
+
+def _data_uri(img: Image.Image, scale: int) -> str:
+    buf = io.BytesIO()
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:20px} table{border-collapse:collapse;margin-bottom:16px}
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}
+.prompt{margin:24px 0 8px;font-size:16px}
+.rounds{display:flex;gap:14px;flex-wrap:wrap}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:220px}
+.card.kept{border:3px solid #2a7}
+.card img{image-rendering:pixelated;display:block;margin-bottom:6px}
+.words{font-size:14px;line-height:1.8}
+mark.flag{background:#f66;color:#fff;padding:1px 3px;border-radius:3px}
+span.weight{font-size:11px;color:#555;vertical-align:super}
+span.oracle-wrong{text-decoration:underline wavy #c00}
+.meta{font-size:12px;color:#555}
+"""
+
+
+def _words_html(report, weights, verdicts) -> str:
+    parts = []
+    for i, w in enumerate(report.words):
+        text = html.escape(w.word)
+        if verdicts is not None and i < len(verdicts) and verdicts[i] is False:
+            text = f'<span class="oracle-wrong" title="oracle: wrong">{text}</span>'
+        if w.misaligned:
+            score = "unscored" if w.score is None else f"{w.score:+.2e}"
+            text = f'<mark class="flag" title="detector score {score}">{text}</mark>'
+        if weights and i < len(weights) and abs(weights[i] - 1.0) > 1e-9:
+            text += f'<span class="weight">×{weights[i]:.2f}</span>'
+        parts.append(text)
+    return " ".join(parts)
+
+
+def write_html(
+    history: Sequence[PromptHistory],
+    path: str | Path,
+    *,
+    oracle: Oracle | None = None,
+    title: str = "clip4dm feedback loop",
+    scale: int = 4,
+) -> Path:
+    """Write a self-contained HTML report (images inlined) of a loop run."""
+    path = Path(path)
+    rows, blocks = [], []
+    for h in history:
+        rep = h.best_report
+        verdict_ok = ""
+        cards = []
+        for rec in h.rounds:
+            for k, img in enumerate(rec.images):
+                pil = to_pil(img)
+                verdicts = oracle(pil, h.prompt) if oracle is not None else None
+                kept = (rec.round, k) == tuple(h.best)
+                if kept and verdicts is not None:
+                    verdict_ok = "yes" if all(v is not False for v in verdicts) else "no"
+                r = rec.reports[k]
+                oracle_line = ""
+                if verdicts is not None:
+                    wrong = [w.word for w, v in zip(r.words, verdicts) if v is False]
+                    oracle_line = (
+                        f"<div class='meta'>oracle: {html.escape(', '.join(wrong)) or 'all right'}"
+                        "</div>"
+                    )
+                cards.append(
+                    f"<div class='card{' kept' if kept else ''}'>"
+                    f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"
+                    f"<div class='meta'>round {rec.round} · {rec.fix} · seed {rec.seeds[k]}"
+                    f"{' · kept' if kept else ''}</div>"
+                    f"<div class='words'>{_words_html(r, rec.weights, verdicts)}</div>"
+                    f"<div class='meta'>F-CLIPScore {r.f_clip_score:.5f} · "
+                    f"CLIPScore {r.clip_score:.3f}</div>{oracle_line}</div>"
+                )
+        rows.append(
+            f"<tr><td>{html.escape(h.prompt)}</td><td>{h.num_images}</td>"
+            f"<td>{html.escape(', '.join(rep.misaligned_words) or '-')}</td>"
+            f"<td>{h.stopped}</td><td>{verdict_ok or '-'}</td></tr>"
+        )
+        blocks.append(
+            f"<div class='prompt'>{html.escape(h.prompt)}</div>"
+            f"<div class='rounds'>{''.join(cards)}</div>"
+        )
+    head = (
+        "<tr><th>prompt</th><th>images</th><th>still flagged (kept image)</th>"
+        "<th>stopped</th><th>oracle: kept image right</th></tr>"
+    )
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        "<p class='meta'>Red: words the detector flags as misaligned (×w: the weight the "
+        "loop gave them). Wavy underline: words the ShapesWorld oracle finds wrong. Green "
+        f"frame: the image kept.</p><table>{head}{''.join(rows)}</table>"
+        f"{''.join(blocks)}</body></html>"
+    )
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def write_grid(history: Sequence[PromptHistory], path: str | Path, *, scale: int = 4) -> Path:
+    """A PNG: one row per prompt, every image the loop made in order, the kept one framed."""
+    path = Path(path)
+    tiles = [
+        [
+            (to_pil(img), (rec.round, k) == tuple(h.best))
+            for rec in h.rounds
+            for k, img in enumerate(rec.images)
+        ]
+        for h in history
+    ]
+    size = max((t[0][0].width for t in tiles if t), default=32) * scale
+    pad = 6
+    cols = max((len(t) for t in tiles), default=1)
+    canvas = Image.new("RGB", (cols * (size + pad) + pad, len(tiles) * (size + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(tiles):
+        for c, (img, kept) in enumerate(row):
+            x, y = pad + c * (size + pad), pad + r * (size + pad)
+            canvas.paste(img.resize((size, size), Image.NEAREST), (x, y))
+            if kept:
+                draw.rectangle(
+                    [x - 3, y - 3, x + size + 2, y + size + 2], outline=(34, 170, 119), width=3
+                )
+    canvas.save(path)
+    return path

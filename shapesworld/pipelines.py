@@ -1,0 +1,88 @@
+"""The shipped tiny text-to-image pipeline (`shapes-sd-tiny`) and held-out prompts for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .captions import describe
+from .foils import HELD_OUT_SEED
+from .scenes import Scene, sample_scene
+
+PIPELINE_NAME = "shapes-sd-tiny"
+#: Seeds of the prompt sets (the training recipe draws scenes from other seeds).
+PROMPT_SEED = HELD_OUT_SEED + 11
+VALIDATION_SEED = HELD_OUT_SEED + 13
+
+
+def pipeline_path(name: str = PIPELINE_NAME) -> Path:
+    """Folder of a shipped diffusers pipeline (`StableDiffusionPipeline.from_pretrained` reads
+    it offline)."""
+    path = Path(__file__).parent / "weights" / name
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no shipped pipeline {name!r} at {path}: train one with "
+            "recipes/train_shapes_t2i.py and package it with recipes/package_shapes_t2i.py"
+        )
+    return path
+
+
+def load_pipeline(name: str = PIPELINE_NAME, *, device: str = "cpu", progress: bool = False):
+    """The shipped pipeline in fp32 on `device` (it ships as fp16 safetensors)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    # from_pretrained loads the fp16 files as fp32 unless told otherwise (fp16 on CPU is slow).
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(name), local_files_only=True)
+    pipe = pipe.to(device=device, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A ShapesWorld prompt and the scene it was written from (`n_objects` 1 or 2)."""
+
+    text: str
+    scene: Scene
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.scene.objects)
+
+
+def prompt_set(n: int, *, n_objects: int | None = None, seed: int = PROMPT_SEED) -> list[Prompt]:
+    """`n` deterministic prompts from a seed the generator never trained on (alternating one-
+    and two-object prompts unless `n_objects` is given)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = n_objects or (1 + i % 2)
+        scene = sample_scene(rng, k)
+        out.append(Prompt(describe(scene, rng).text, scene))
+    return out
+
+
+def judge_tensor(image, prompt: str):
+    """The oracle's judgement of a (3, H, W) float image in [0, 1] (a pipeline's "pt" output)."""
+    from PIL import Image
+
+    from .oracle import judge
+
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
+    return judge(Image.fromarray(arr.astype("uint8")), prompt)
+
+
+def word_kind_accuracy(judgements) -> dict[str, float]:
+    """Share of right words per word kind (color, shape, size, position) over judgements."""
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for j in judgements:
+        for w in j.words:
+            if w.kind is None or w.correct is None:
+                continue
+            total[w.kind] = total.get(w.kind, 0) + 1
+            right[w.kind] = right.get(w.kind, 0) + int(w.correct)
+    return {k: right[k] / total[k] for k in sorted(total)}

@@ -1,0 +1,143 @@
+"""`clip4dm demo` (the README's main job) on the shipped models, its HTML report opened in a
+real headless Chromium, and `clip4dm generate` resuming and sharding across two ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from feedback.cli import main
+from shapesworld.pipelines import pipeline_path, prompt_set
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine (apt-get install -y chromium)")
+    return path
+
+
+def test_shipped_pipeline_loads_offline_with_stock_diffusers():
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from safetensors import safe_open
+
+    files = sorted(pipeline_path().rglob("*.safetensors"))
+    assert len(files) == 3  # unet, vae, text encoder: fp16 on disk, small
+    for f in files:
+        with safe_open(f, "pt") as st:
+            assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float16}
+    assert sum(f.stat().st_size for f in files) < 30e6
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), local_files_only=True)
+    assert pipe.unet.dtype == torch.float32  # upcast on load
+    out = pipe("a red circle", num_inference_steps=2, output_type="pt")
+    assert out.images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.slow
+def test_demo_writes_a_report_a_browser_renders(tmp_path, capsys):
+    out = tmp_path / "demo"
+    prompts = [p.text for p in prompt_set(2)]
+    # most-negative mode flags one word per image, so the report must highlight words
+    code = main(
+        ["demo", "--out", str(out), "--budget", "2", "--steps", "10", "--mode", "most-negative"]
+        + ["--prompts", *prompts]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "oracle" in printed
+    assert {"report.html", "grid.png", "results.jsonl"} <= {p.name for p in out.iterdir()}
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    assert all(r["num_images"] == 2 for r in rows)
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto((out / "report.html").as_uri())
+        flagged = page.locator("mark.flag").all_inner_texts()
+        assert flagged, "no highlighted words in the DOM"
+        words = {w for p in prompts for w in p.split()}
+        assert set(flagged) <= words
+        assert page.locator(".card img").count() == 4
+        # every inlined image decoded (naturalWidth > 0)
+        widths = page.eval_on_selector_all(".card img", "els => els.map(e => e.naturalWidth)")
+        assert all(w == 128 for w in widths)
+        shot = tmp_path / "shot.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    lo, hi = img.getextrema()
+    assert hi - lo > 100, "screenshot is blank"
+    assert sum(1 for c in img.histogram() if c) > 20
+
+
+@pytest.mark.slow
+def test_generate_resumes_and_shards_across_two_ranks(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(p.text for p in prompt_set(6)) + "\n")
+    out = tmp_path / "gen"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "2"]
+    base += ["--steps", "5", "--strategy", "best_of_n"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "feedback.cli", *base]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted(s["process_index"] for s in summaries) == [0, 1]
+    assert all(s["num_processes"] == 2 and s["written"] == 3 for s in summaries)
+    files = sorted(p.name for p in out.glob("results-*.jsonl"))
+    assert files == ["results-0-of-2.jsonl", "results-1-of-2.jsonl"]
+    idx = sorted(
+        json.loads(line)["index"] for f in out.glob("results-*.jsonl") for line in f.open()
+    )
+    assert idx == list(range(6))
+    assert len(list((out / "images").glob("?????.png"))) == 6
+    # rerun: everything is done, nothing is written again
+    assert main(base) == 0
+    assert sum(1 for f in out.glob("results-*.jsonl") for _ in f.open()) == 6
+
+
+def test_generate_resumes_after_a_kill(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    texts = [p.text for p in prompt_set(3)]
+    prompts.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "gen"
+    out.mkdir()
+    # a previous run finished prompt 1 and was killed while writing prompt 2's line
+    (out / "results-0-of-1.jsonl").write_text(json.dumps({"index": 1}) + '\n{"index": 2, "pro')
+    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
+    assert main(args + ["--steps", "3", "--strategy", "best_of_n"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped_done"] == 1 and summary["written"] == 2
+    lines = (out / "results-0-of-1.jsonl").read_text().splitlines()
+    done = [json.loads(x)["index"] for x in lines if x.endswith("}")]
+    assert sorted(done) == [0, 1, 2]
+
+
+def test_generate_rejects_bad_prompt_files(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert main(["generate", "--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+    assert main(["generate", "--prompts", str(tmp_path / "nope.txt"), "--out", "o"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_demo_names_a_missing_pipeline(tmp_path, capsys):
+    code = main(["demo", "--pipeline", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "pipeline folder not found" in capsys.readouterr().err
