@@ -27,7 +27,6 @@ def _chromium() -> str:
 def test_shipped_pipeline_loads_offline_with_stock_diffusers():
     import torch
     from diffusers import StableDiffusionPipeline
-
     from safetensors import safe_open
 
     files = sorted(pipeline_path().rglob("*.safetensors"))

@@ -278,3 +278,29 @@ def test_prompt_longer_than_77_tokens_is_visible(sd_pipe, detector):
     with pytest.warns(UserWarning, match="not seen by the generator"):
         out = fb(long, output_type="pt", **GEN)
     assert out.images.shape[0] == 1
+
+
+def test_weight_rule_is_bounded_and_grows_with_severity():
+    from generation import raise_weights
+
+    w = [1.0, 1.0, 1.0, 1.0]
+    scores = [-0.001, -0.01, 0.002, None]  # threshold -0.002: 0.5x, 5x, positive, unscored
+    flags = [True, True, False, True]
+    nxt = raise_weights(w, scores, flags, threshold=-0.002, step=0.25, max_weight=2.0)
+    assert nxt == [1.25, 1.5, 1.0, 1.0]  # at least one step, at most two; others untouched
+    for _ in range(10):
+        nxt = raise_weights(nxt, scores, flags, threshold=-0.002, step=0.25, max_weight=2.0)
+    assert nxt == [2.0, 2.0, 1.0, 1.0]
+
+
+def test_best_index_prefers_f_clipscore_then_clipscore():
+    from feedback import MisalignmentReport
+    from generation import best_index
+
+    def rep(f, c):
+        return MisalignmentReport("a", [], c / 2.5, c, f, f, False)
+
+    assert best_index([rep(-0.2, 0.9), rep(0.0, 0.1), rep(0.0, 0.3)]) == 2
+    assert best_index([rep(-0.1, 0.5), rep(-0.1, 0.5)]) == 0
+    with pytest.raises(ValueError):
+        best_index([])
