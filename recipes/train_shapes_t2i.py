@@ -58,6 +58,11 @@ class T2IConfig:
     """Share of two-object scenes (the harder case; the sampler's default is 0.5)."""
     seed: int = 0
     export_every: int = 500
+    vae_from: str = ""
+    """A pipeline folder written by this recipe: reuse its VAE (no VAE stage)."""
+    init_from: str = ""
+    """A pipeline folder written by this recipe: continue from its VAE (kept frozen, no VAE
+    stage) and its (EMA) UNet instead of starting from scratch."""
 
 
 RESOLUTION = 32
@@ -80,8 +85,17 @@ def build_text_encoder(name: str):
     )
     hf = open_clip_to_transformers(clip, cfg, attn_implementation="eager")
     text = CLIPTextModel(hf.config.text_config)
-    sd = {k: v for k, v in hf.state_dict().items() if k.startswith("text_model.")}
-    text.load_state_dict(sd, strict=False)
+    # transformers 4 keeps the tower under `text_model.`; transformers 5 puts it at the root.
+    prefix = "text_model." if any(k.startswith("text_model.") for k in text.state_dict()) else ""
+    sd = {
+        prefix + k.removeprefix("text_model."): v
+        for k, v in hf.state_dict().items()
+        if k.startswith("text_model.")
+    }
+    missing, unexpected = text.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"text tower mapping incomplete: {missing[:3]} / {unexpected[:3]}")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,11 +233,35 @@ def main(cfg: T2IConfig) -> dict:
     text_encoder, tokenizer = build_text_encoder(cfg.text_model)
     text_encoder.to(accelerator.device)
 
-    vae, card = train_vae(cfg, accelerator, rng, cfg.max_minutes * cfg.vae_share)
+    if cfg.init_from:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        src = Path(cfg.init_from)
+        vae = AutoencoderKL.from_pretrained(src / "vae").float().eval().requires_grad_(False)
+        unet = UNet2DConditionModel.from_pretrained(src / "unet").float()
+        prev = json.loads((src / "training.json").read_text())
+        card = {k: v for k, v in prev.items() if k.startswith("vae_")}
+        card["continued_from"] = {
+            "unet_steps": prev.get("unet_steps"),
+            "minutes": prev.get("minutes_total"),
+        }
+        vae.to(accelerator.device)
+    elif cfg.vae_from:
+        from diffusers import AutoencoderKL
+
+        src = Path(cfg.vae_from)
+        vae = AutoencoderKL.from_pretrained(src / "vae").float().eval().requires_grad_(False)
+        vae.to(accelerator.device)
+        prev = json.loads((src / "training.json").read_text())
+        card = {k: v for k, v in prev.items() if k.startswith("vae_")}
+        card["vae_from_earlier_run"] = True
+        unet = build_unet(text_encoder.config.hidden_size)
+    else:
+        vae, card = train_vae(cfg, accelerator, rng, cfg.max_minutes * cfg.vae_share)
+        unet = build_unet(text_encoder.config.hidden_size)
     accelerator.print(f"vae: {card}")
     sf = vae.config.scaling_factor
 
-    unet = build_unet(text_encoder.config.hidden_size)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
@@ -240,8 +278,10 @@ def main(cfg: T2IConfig) -> dict:
         info = {
             **card,
             "unet_steps": step,
+            "unet_steps_total": step + (card.get("continued_from", {}).get("unet_steps") or 0),
             "loss": loss,
-            "minutes_total": (time.time() - t_start) / 60,
+            "minutes_total": (time.time() - t_start) / 60
+            + (card.get("continued_from", {}).get("minutes") or 0),
             "config": asdict(cfg),
         }
         export_pipeline(vae, model, text_encoder, tokenizer, out / "pipeline", info)

@@ -69,3 +69,35 @@ def test_recipe_smoke_resume_and_export(tmp_path):
     ex = foil_set(1)[0]
     rep = det(ex.image(), ex.foil.foil)
     assert len(rep.words) == len(ex.foil.foil.split())
+
+
+@pytest.mark.slow
+def test_t2i_recipe_writes_a_stock_pipeline_and_continues(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from recipes.train_shapes_t2i import main as train_t2i
+    from recipes.train_shapes_t2i import parse_args as t2i_args
+
+    out = tmp_path / "t2i"
+    args = ["--output-dir", str(out), "--vae-steps", "3", "--unet-steps", "3", "--batch-size", "4"]
+    first = train_t2i(t2i_args(args + ["--max-minutes", "0", "--export-every", "0"]))
+    assert first["unet_steps"] == 3 and first["vae_steps"] == 3
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    assert pipe.tokenizer.model_max_length == 32  # the shapes-tiny text tower's context
+    # the text encoder is shapes-tiny's frozen text tower: same text features as the detector
+    from feedback import MisalignmentDetector
+
+    det = MisalignmentDetector.from_pretrained("shapes-tiny")
+    ids = pipe.tokenizer(["a red circle"], padding="max_length", return_tensors="pt").input_ids
+    hf = pipe.text_encoder(ids).last_hidden_state[0, : int(ids.argmax()) + 1]
+    oc = det.backend.model
+    x = oc.token_embedding(ids) + oc.positional_embedding
+    x = oc.ln_final(oc.transformer(x, attn_mask=oc.attn_mask))[0, : int(ids.argmax()) + 1]
+    assert torch.allclose(hf.float(), x.float(), atol=2e-2)  # fp16 on disk
+    again = train_t2i(
+        t2i_args(args + ["--max-minutes", "0", "--init-from", str(out / "pipeline")])
+    )
+    assert again["unet_steps"] == 3 and "vae_steps" in again
+    card = json.loads((out / "pipeline" / "training.json").read_text())
+    assert card["unet_steps_total"] == 6
