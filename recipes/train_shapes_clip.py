@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -102,11 +103,44 @@ def export(model: torch.nn.Module, cfg: TrainConfig, out: Path, summary: dict) -
     (out / "training.json").write_text(json.dumps(summary, indent=2))
 
 
+class ContrastiveForward(torch.nn.Module):
+    """The training forward as one module, so that `accelerator.prepare` wraps *it*: under
+    DDP, gradients are synchronized only for computations that go through the wrapper's
+    forward (calling the unwrapped model, as this recipe once did, silently let the ranks
+    diverge). The text side is the detector's own forward (`backends.text_forward`)."""
+
+    def __init__(self, clip: torch.nn.Module, tokenizer):
+        super().__init__()
+        self.clip = clip
+        # Not a submodule: a view over `clip` that leaves its mode and requires_grad alone.
+        self._text = OpenClipBackend(clip, None, tokenizer, "training")
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor):
+        img = torch.nn.functional.normalize(self.clip.encode_image(images), dim=-1)
+        # Cut after the batch's last EOT: exact (causal mask, read at EOT), ~1/3 cheaper.
+        eot = self._text.eot_positions(ids)
+        ids = ids[:, : int(eot.max()) + 1]
+        txt = torch.nn.functional.normalize(text_forward(self._text, ids, eot), dim=-1)
+        return img, txt, self.clip.logit_scale
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of every parameter's bytes (ranks of one DDP run must agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def main(cfg: TrainConfig) -> dict:
     import open_clip
 
     torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator()
+    # On CPU-only machines ranks started by torchrun must be told to join over gloo.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +169,7 @@ def main(cfg: TrainConfig) -> dict:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model, opt, sched = accelerator.prepare(model, opt, sched)
-    # The detector's backend over the (training) model: it leaves mode and requires_grad alone.
-    text_backend = OpenClipBackend(accelerator.unwrap_model(model), None, tokenizer, "training")
+    forward, opt, sched = accelerator.prepare(ContrastiveForward(model, tokenizer), opt, sched)
     step = 0
     ckpt = out / "checkpoint"
     if cfg.resume and ckpt.exists():
@@ -172,16 +204,11 @@ def main(cfg: TrainConfig) -> dict:
         texts = batch.captions + [f for fs in batch.foils for f in fs]
         images = batch.images.to(accelerator.device)
         ids = tokenize(texts).to(accelerator.device)
-        unwrapped = accelerator.unwrap_model(model)
-        img = torch.nn.functional.normalize(unwrapped.encode_image(images), dim=-1)
-        # The detector's own text forward (cut after the last EOT: exact, ~1/3 cheaper).
-        eot = text_backend.eot_positions(ids)
-        ids = ids[:, : int(eot.max()) + 1]
-        txt = torch.nn.functional.normalize(text_forward(text_backend, ids, eot), dim=-1)
+        img, txt, logit_scale = forward(images, ids)
         loss, stats = hard_negative_clip_loss(
             img,
             txt,
-            unwrapped.logit_scale,
+            logit_scale,
             cfg.batch_size,
             cfg.foils_per_image,
             duplicate_mask(texts, batch.captions),
@@ -192,7 +219,7 @@ def main(cfg: TrainConfig) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            unwrapped.logit_scale.clamp_(0, math.log(100))
+            model.logit_scale.clamp_(0, math.log(100))
         step += 1
         for k in ("loss", "loss_hard", "acc_retrieval"):
             running[k] = 0.98 * running.get(k, stats[k]) + 0.02 * stats[k]
@@ -215,19 +242,26 @@ def main(cfg: TrainConfig) -> dict:
             }
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        timed_out = cfg.max_minutes and (time.time() - t0) / 60 >= cfg.max_minutes
+        # Rank 0's clock decides for everyone: a per-rank decision could leave one rank in
+        # save_state's collective while another has left the loop.
+        timed_out = bool(cfg.max_minutes) and (time.time() - t0) / 60 >= cfg.max_minutes
+        flag = torch.tensor([float(timed_out)], device=accelerator.device)
+        timed_out = bool(broadcast(flag, from_process=0).item())
         if step % cfg.save_every == 0 or timed_out:
             accelerator.save_state(str(ckpt))
             if accelerator.is_main_process:
                 (ckpt / "step.json").write_text(json.dumps({"step": step}))
         if accelerator.is_main_process and (step % cfg.export_every == 0 or timed_out):
-            export(unwrapped, cfg, out / "export", _summary(step, t0, running, kinds_seen))
+            export(model, cfg, out / "export", _summary(step, t0, running, kinds_seen))
         if timed_out:
             break
     bar.close()
     summary = _summary(step, t0, running, kinds_seen)
+    summary["process_index"] = accelerator.process_index
+    summary["num_processes"] = accelerator.num_processes
+    summary["weights_digest"] = weights_digest(model)
     if accelerator.is_main_process:
-        export(accelerator.unwrap_model(model), cfg, out / "export", summary)
+        export(model, cfg, out / "export", summary)
     return summary
 
 
@@ -262,4 +296,4 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(parse_args()), indent=2))
+    print(json.dumps(main(parse_args())))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from shapesworld.data import render_batch
@@ -224,7 +225,8 @@ def train_vae(cfg: T2IConfig, accelerator: Accelerator, rng, minutes: float):
 def main(cfg: T2IConfig) -> dict:
     from diffusers.training_utils import EMAModel
 
-    accelerator = Accelerator()
+    # On CPU-only machines ranks started by torchrun must be told to join over gloo.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed + accelerator.process_index)
     rng = np.random.default_rng(cfg.seed + 1000 * accelerator.process_index)
     out = Path(cfg.output_dir)
@@ -290,7 +292,13 @@ def main(cfg: T2IConfig) -> dict:
     deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
     bar = tqdm(total=cfg.unet_steps, desc="unet", disable=not accelerator.is_main_process)
     step, running = 0, float("nan")
-    while step < cfg.unet_steps and time.time() < deadline:
+
+    def out_of_time() -> bool:
+        # Rank 0's clock decides for every rank (no rank left behind in a collective).
+        flag = torch.tensor([float(time.time() >= deadline)], device=accelerator.device)
+        return bool(broadcast(flag, from_process=0).item())
+
+    while step < cfg.unet_steps and not out_of_time():
         x, captions = render_batch(rng, cfg.batch_size, p_two_objects=cfg.p_two_objects)
         with torch.no_grad():
             z = vae.encode(x.to(accelerator.device)).latent_dist.sample() * sf
