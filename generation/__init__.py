@@ -7,7 +7,7 @@ Attend-and-Excite.
 
 from .attend_excite import token_indices
 from .config import STRATEGIES, LoopConfig
-from .outputs import FeedbackPipelineOutput, PromptHistory, RoundRecord
+from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .pipeline import FeedbackPipeline
 from .selection import best_index
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
@@ -18,6 +18,7 @@ __all__ = [
     "FeedbackPipelineOutput",
     "LoopConfig",
     "PromptHistory",
+    "RoundEvent",
     "RoundRecord",
     "apply_weights",
     "best_index",

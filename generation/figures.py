@@ -62,6 +62,43 @@ def _words_html(report, weights, verdicts) -> str:
     return " ".join(parts)
 
 
+def prompt_cards(
+    h: PromptHistory, *, oracle: Oracle | None = None, scale: int = 4
+) -> tuple[str, str]:
+    """HTML cards for every image the loop made for one prompt, and the oracle's verdict on the
+    kept image ("yes", "no", or "" without an oracle)."""
+    verdict_ok = ""
+    cards = []
+    for rec in h.rounds:
+        for k, img in enumerate(rec.images):
+            pil = to_pil(img)
+            verdicts = oracle(pil, h.prompt) if oracle is not None else None
+            kept = (rec.round, k) == tuple(h.best)
+            if kept and verdicts is not None:
+                verdict_ok = "yes" if all(v is not False for v in verdicts) else "no"
+            r = rec.reports[k]
+            oracle_line = ""
+            if verdicts is not None:
+                wrong = [w.word for w, v in zip(r.words, verdicts) if v is False]
+                oracle_line = (
+                    f"<div class='meta oracle'>oracle: "
+                    f"{html.escape(', '.join(wrong)) or 'all right'}</div>"
+                )
+            cards.append(
+                f"<div class='card{' kept' if kept else ''}'>"
+                f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"
+                f"<div class='meta'>round {rec.round} · {rec.fix} · seed {rec.seeds[k]}"
+                f"{' · kept' if kept else ''}</div>"
+                f"<div class='words'>{_words_html(r, rec.weights, verdicts)}</div>"
+                f"<div class='meta'>F-CLIPScore {r.f_clip_score:.5f} · "
+                f"CLIPScore {r.clip_score:.3f}</div>{oracle_line}</div>"
+            )
+    return f"<div class='rounds'>{''.join(cards)}</div>", verdict_ok
+
+
+CSS = _CSS
+
+
 def write_html(
     history: Sequence[PromptHistory],
     path: str | Path,
@@ -75,41 +112,13 @@ def write_html(
     rows, blocks = [], []
     for h in history:
         rep = h.best_report
-        verdict_ok = ""
-        cards = []
-        for rec in h.rounds:
-            for k, img in enumerate(rec.images):
-                pil = to_pil(img)
-                verdicts = oracle(pil, h.prompt) if oracle is not None else None
-                kept = (rec.round, k) == tuple(h.best)
-                if kept and verdicts is not None:
-                    verdict_ok = "yes" if all(v is not False for v in verdicts) else "no"
-                r = rec.reports[k]
-                oracle_line = ""
-                if verdicts is not None:
-                    wrong = [w.word for w, v in zip(r.words, verdicts) if v is False]
-                    oracle_line = (
-                        f"<div class='meta'>oracle: {html.escape(', '.join(wrong)) or 'all right'}"
-                        "</div>"
-                    )
-                cards.append(
-                    f"<div class='card{' kept' if kept else ''}'>"
-                    f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"
-                    f"<div class='meta'>round {rec.round} · {rec.fix} · seed {rec.seeds[k]}"
-                    f"{' · kept' if kept else ''}</div>"
-                    f"<div class='words'>{_words_html(r, rec.weights, verdicts)}</div>"
-                    f"<div class='meta'>F-CLIPScore {r.f_clip_score:.5f} · "
-                    f"CLIPScore {r.clip_score:.3f}</div>{oracle_line}</div>"
-                )
+        cards, verdict_ok = prompt_cards(h, oracle=oracle, scale=scale)
         rows.append(
             f"<tr><td>{html.escape(h.prompt)}</td><td>{h.num_images}</td>"
             f"<td>{html.escape(', '.join(rep.misaligned_words) or '-')}</td>"
             f"<td>{h.stopped}</td><td>{verdict_ok or '-'}</td></tr>"
         )
-        blocks.append(
-            f"<div class='prompt'>{html.escape(h.prompt)}</div>"
-            f"<div class='rounds'>{''.join(cards)}</div>"
-        )
+        blocks.append(f"<div class='prompt'>{html.escape(h.prompt)}</div>{cards}")
     head = (
         "<tr><th>prompt</th><th>images</th><th>still flagged (kept image)</th>"
         "<th>stopped</th><th>oracle: kept image right</th></tr>"

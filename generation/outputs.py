@@ -38,6 +38,14 @@ class RoundRecord:
 
 
 @dataclass
+class RoundEvent:
+    """What `FeedbackPipeline.stream` yields after each round: the prompt and its record."""
+
+    prompt: str
+    record: RoundRecord
+
+
+@dataclass
 class PromptHistory:
     """Everything the loop did for one prompt; `best` = (round, index in round) kept."""
 

@@ -9,7 +9,7 @@ has misaligned words and budget is left, apply the configured fix and generate a
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from feedback.detector import reports_from_output
 
 from .attend_excite import attention_resolution, build_attend_and_excite, token_indices
 from .config import LoopConfig
-from .outputs import FeedbackPipelineOutput, PromptHistory, RoundRecord
+from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .selection import best_index, rank_key
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
 
@@ -161,6 +161,44 @@ class FeedbackPipeline:
         callback_on_round_end(prompt, record): called after each round is scored.
         Other keyword arguments go to the pipeline call unchanged.
         """
+        history = []
+        for item in self.stream(
+            prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            callback_on_step_end=callback_on_step_end,
+            output_type=output_type,
+            **pipe_kwargs,
+        ):
+            if isinstance(item, PromptHistory):
+                history.append(item)
+            elif callback_on_round_end is not None:
+                callback_on_round_end(item.prompt, item.record)
+        kept = torch.cat([h.rounds[h.best[0]].images[h.best[1]][None] for h in history])
+        images = self._convert(kept, output_type)
+        if not return_dict:
+            return (images, history)
+        return FeedbackPipelineOutput(images=images, history=history)
+
+    def stream(
+        self,
+        prompt: str | list[str],
+        *,
+        num_images_per_prompt: int | None = None,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        negative_prompt: str | list[str] | None = None,
+        callback_on_step_end: Callable | None = None,
+        output_type: str = "pt",
+        **pipe_kwargs,
+    ) -> Iterator[RoundEvent | PromptHistory]:
+        """The loop as an iterator, in the caller's thread: a `RoundEvent` as soon as each round
+        is scored, and each prompt's `PromptHistory` when its loop ends (same arguments as
+        `__call__`; images in the records are tensors)."""
         prompts = self.check_inputs(prompt, negative_prompt, output_type)
         cfg = self.config
         per_round = num_images_per_prompt or cfg.samples_per_round
@@ -179,16 +217,8 @@ class FeedbackPipeline:
             callback_on_step_end=callback_on_step_end,
             **pipe_kwargs,
         )
-        history = []
         for j, (p, neg) in enumerate(zip(prompts, negs)):
-            history.append(
-                self._loop(p, neg, base + 100_003 * j, per_round, call_kw, callback_on_round_end)
-            )
-        kept = torch.cat([h.rounds[h.best[0]].images[h.best[1]][None] for h in history])
-        images = self._convert(kept, output_type)
-        if not return_dict:
-            return (images, history)
-        return FeedbackPipelineOutput(images=images, history=history)
+            yield from self._rounds(p, neg, base + 100_003 * j, per_round, call_kw)
 
     # ------------------------------------------------------------------ internals
     def _generate(self, prompt, neg, seeds, weights, words, fix, indices, call_kw) -> torch.Tensor:
@@ -227,7 +257,7 @@ class FeedbackPipeline:
         )
         return out.images
 
-    def _loop(self, prompt, neg, base, per_round, call_kw, on_round) -> PromptHistory:
+    def _rounds(self, prompt, neg, base, per_round, call_kw):
         cfg = self.config
         det = self.detector
         budget = cfg.max_images if cfg.strategy != "best_of_n" else max(cfg.max_images, 1)
@@ -267,8 +297,7 @@ class FeedbackPipeline:
             )
             rounds.append(rec)
             used += n
-            if on_round is not None:
-                on_round(prompt, rec)
+            yield RoundEvent(prompt, rec)
             i = best_index(reports)
             if cfg.select_from_all_rounds:
                 if best is None or rank_key(reports[i]) > rank_key(
@@ -306,7 +335,7 @@ class FeedbackPipeline:
                 if not indices:
                     stopped = "no_fix"
                     break
-        return PromptHistory(prompt, rounds, best, stopped)
+        yield PromptHistory(prompt, rounds, best, stopped)
 
     def _convert(self, images: torch.Tensor, output_type: str):
         if output_type == "pt":

@@ -261,7 +261,7 @@ def test_bad_input_is_refused_before_generating(sd_pipe, sdxl_pipe, detector, mo
         FeedbackPipeline(sdxl_pipe, detector, LoopConfig(strategy="attend_and_excite"))
     fb = FeedbackPipeline(sd_pipe, detector)
     calls = []
-    monkeypatch.setattr(fb, "_loop", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(fb, "_rounds", lambda *a, **k: calls.append(a) or iter(()))
     with pytest.raises(ValueError, match="negative_prompt"):
         fb(["a", "b"], negative_prompt=["x"], **GEN)
     with pytest.raises(ValueError, match="empty"):
@@ -304,3 +304,15 @@ def test_best_index_prefers_f_clipscore_then_clipscore():
     assert best_index([rep(-0.1, 0.5), rep(-0.1, 0.5)]) == 0
     with pytest.raises(ValueError):
         best_index([])
+
+
+def test_stream_yields_each_round_then_the_history(sd_pipe, tiny_open_clip_dir):
+    from generation import PromptHistory, RoundEvent
+
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    fb = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="reweight", max_images=2))
+    items = list(fb.stream([PROMPT, "a cyan cross"], **GEN))
+    kinds = [type(i).__name__ for i in items]
+    assert kinds == ["RoundEvent", "RoundEvent", "PromptHistory"] * 2
+    assert isinstance(items[0], RoundEvent) and items[0].prompt == PROMPT
+    assert isinstance(items[2], PromptHistory) and items[2].rounds[0] is items[0].record

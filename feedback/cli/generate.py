@@ -59,6 +59,22 @@ def add_commands(sub) -> None:
     _add_loop_args(g)
     g.set_defaults(func=_cmd_generate)
 
+    a = sub.add_parser(
+        "app", help="a local web page: check an image, or generate and watch the loop fix it"
+    )
+    a.add_argument(
+        "--pipeline",
+        default=SHIPPED_PIPELINE,
+        help=f"diffusers pipeline for the Generate tab (default: the shipped {SHIPPED_PIPELINE})",
+    )
+    a.add_argument("--no-pipeline", action="store_true", help="only the Check tab")
+    a.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
+    )
+    a.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    add_detector_args(a)
+    a.set_defaults(func=_cmd_app)
+
 
 def load_pipeline(name: str, device: str):
     """A diffusers text-to-image pipeline by shipped name, folder or hub id."""
@@ -228,4 +244,17 @@ def _cmd_generate(args) -> int:
         "written": written,
     }
     print(json.dumps(summary))
+    return 0
+
+
+def _cmd_app(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from generation.app import App, launch
+    except ImportError as e:
+        raise Clip4dmError(f"the app needs gradio: pip install -e '.[app]' ({e})") from None
+    det = build_detector(args)
+    pipe = None if args.no_pipeline else load_pipeline(args.pipeline, args.device)
+    print(f"clip4dm app on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    launch(App(det, pipe), host=args.host, port=args.port, block=True)
     return 0

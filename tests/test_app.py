@@ -1,0 +1,121 @@
+"""`clip4dm app`: the logic directly, then the page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+from feedback import InputError, MisalignmentDetector
+from feedback.eval.datasets import load_shapes_foil
+from generation.app import App, AppConfig, report_html
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return MisalignmentDetector.from_pretrained("shapes-tiny")
+
+
+@pytest.fixture(scope="module")
+def caught_foil(detector, tmp_path_factory):
+    """A held-out foil whose foil word the shipped detector flags (it catches ~62% of them)."""
+    folder = tmp_path_factory.mktemp("foil")
+    for i, s in enumerate(load_shapes_foil(n=40)):
+        if s.is_original or s.kind == "position":
+            continue
+        rep = detector(s.image, s.caption)
+        foil_word = s.foil_words[0]
+        if rep.misaligned_words == [foil_word]:
+            path = folder / f"foil_{i}.png"
+            s.image.resize((128, 128)).save(path)
+            return str(path), s.caption, foil_word
+    pytest.fail("no caught foil among 40")
+
+
+def test_check_marks_the_flagged_words(detector, caught_foil):
+    path, caption, word = caught_foil
+    page, d, json_path = App(detector).check(path, caption)
+    assert "<mark class='flag'><span class='w'" in page and f">{word}</span></mark>" in page
+    assert d["misaligned_words"] == [word] and d["settings"]["threshold"] < 0
+    assert os.path.getsize(json_path) > 100
+
+
+def test_bad_input_gets_one_line_messages(detector, tmp_path, caught_foil):
+    app = App(detector, config=AppConfig(max_pixels=64 * 64, max_caption_chars=20))
+    not_image = tmp_path / "x.png"
+    not_image.write_text("hello")
+    with pytest.raises(InputError, match="not an image|cannot|read"):
+        app.check(str(not_image), "a red circle")
+    with pytest.raises(InputError, match="empty"):
+        app.check(caught_foil[0], "   ")
+    with pytest.raises(InputError, match="characters"):
+        app.check(caught_foil[0], "a red circle " * 5)
+    with pytest.raises(InputError, match="pixels"):
+        app.check(caught_foil[0], "a red circle")  # 128x128 > 64x64
+    with pytest.raises(InputError, match="no image"):
+        app.check(None, "a red circle")
+    with pytest.raises(InputError, match="without a pipeline"):
+        next(app.generate("a red circle", "reweight", 2, 5, 0))
+
+
+def test_report_html_shades_by_sign(detector, caught_foil):
+    path, caption, word = caught_foil
+    from feedback import load_image
+
+    rep = detector(load_image(path), caption)
+    page = report_html(rep)
+    assert "rgba(220,40,40" in page  # negative words red
+    assert page.count("class='w'") == len(rep.words)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine (apt-get install -y chromium)")
+    return path
+
+
+@pytest.mark.slow
+def test_app_in_a_real_browser(detector, caught_foil, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from generation.app import launch
+    from shapesworld.pipelines import load_pipeline, prompt_set
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    port = _free_port()
+    demo = launch(App(detector, load_pipeline()), port=port, block=False)
+    try:
+        path, caption, word = caught_foil
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("input[type=file]").first.set_input_files(path)
+            page.locator("#caption textarea").fill(caption)
+            page.locator("#check").click()
+            mark = page.locator("#check-result mark.flag")
+            expect(mark.first).to_be_visible(timeout=60_000)
+            assert mark.all_inner_texts() == [word]
+            page.screenshot(path=str(tmp_path / "check.png"), full_page=True)
+
+            page.get_by_role("tab", name="Generate and fix").click()
+            page.locator("#prompt textarea").fill(prompt_set(2)[1].text)
+            page.locator("#generate").click()
+            status = page.locator("#rounds .status")
+            expect(status).to_contain_text("done", timeout=120_000)
+            assert page.locator("#rounds .card img").count() >= 1
+            page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
