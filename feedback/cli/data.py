@@ -18,9 +18,30 @@ def add_commands(sub) -> None:
         choices=["shapes-foil", "foil", "nocaps-foil", "hat", "richhf", "seetrue"],
         help="which benchmark (shapes-foil is rendered offline; the others read --data)",
     )
-    e.add_argument("--data", default=None, help="benchmark file (not needed for shapes-foil)")
-    e.add_argument("--images", default=None, help="image folder (default: beside --data)")
-    e.add_argument("--prompts", default=None, help="Rich-HF: JSON filename -> prompt")
+    e.add_argument(
+        "--data",
+        default=None,
+        help="benchmark file, or SeeTRUE's save_to_disk folder (not needed for shapes-foil)",
+    )
+    e.add_argument(
+        "--images",
+        default=None,
+        help="folder the benchmark's image names are relative to; for richhf the folder "
+        "holding <stem>.png and <stem>.txt (default: beside --data)",
+    )
+    e.add_argument(
+        "--prompts",
+        default=None,
+        help="richhf: JSON object filename (or stem) -> prompt, instead of <stem>.txt",
+    )
+    e.add_argument(
+        "--ap-positive",
+        choices=["original", "foil"],
+        default=None,
+        help="AP's positive class: the original captions (score as is) or the foils (score "
+        "negated) (default: the paper's per benchmark: original for foil, nocaps-foil, "
+        "shapes-foil, seetrue; foil for hat, richhf)",
+    )
     e.add_argument(
         "--n", type=positive_int, default=1000, help="shapes-foil: number of foils (default 1000)"
     )
@@ -54,10 +75,15 @@ def add_commands(sub) -> None:
 
 
 def _fmt(v) -> str:
+    """A table cell: 3 decimals, "-" for a missing or undefined value, text as is."""
+    if isinstance(v, str):
+        return v
     return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def _cmd_eval(args) -> int:
+    from functools import partial
+
     from ..eval.datasets import load_benchmark
     from ..eval.evaluate import detect_samples, nli_entailment, run_benchmark
 
@@ -90,16 +116,13 @@ def _cmd_eval(args) -> int:
         content_word=content,
         picker="random" if args.baseline else "most-negative",
         mode=args.mode,
+        ap_positive=args.ap_positive,
+        nli=(
+            partial(nli_entailment, args.nli_model)
+            if args.nli_model and args.benchmark == "seetrue"
+            else None
+        ),
     )
-    if args.nli_model and args.benchmark == "seetrue":
-        pairs = [
-            (s.misalignment_text, " ".join(r.misaligned_words) or "nothing")
-            for s, r in zip(samples, reports)
-            if s.misalignment_text
-        ]
-        if pairs:
-            probs = nli_entailment(args.nli_model, *map(list, zip(*pairs)))
-            result.metrics["nli"] = sum(probs) / len(probs)
     m = result.metrics
     print(
         f"{args.benchmark}: {result.n_samples} pairs, {result.seconds:.1f} s "
@@ -118,10 +141,15 @@ def _cmd_eval(args) -> int:
         "spearman",
         "nli",
     ]
-    cols = [c for c in cols if c in m]
+    cols = [c for c in cols if c in m] + ["ap_positive"]
     print(f"{'':>10} " + " ".join(f"{c:>13}" for c in cols))
     for name, row in [("all", m)] + list(result.per_kind.items()):
         print(f"{name:>10} " + " ".join(f"{_fmt(row.get(c)):>13}" for c in cols))
+    print(
+        f"AP positive class: {m['ap_positive']} captions"
+        + (" (score negated)" if m["ap_positive"] == "foil" else " (score as is)")
+        + (" - the paper's convention" if args.ap_positive is None else " - set by --ap-positive")
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return 0

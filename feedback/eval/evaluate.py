@@ -1,4 +1,17 @@
-"""Run a detector over a benchmark and compute the paper's metrics, overall and per kind."""
+"""Run a detector over a benchmark and compute the paper's metrics, overall and per kind.
+
+Per benchmark, the metrics follow the authors' evaluation (naver-ai/clip4dm `main.py`):
+
+LA (`LA_RULES`), over the foiled captions:
+    most-negative (FOIL, nocaps-FOIL, ShapesWorld): the most negative word is the foil word;
+    phrase (HAT): the threshold-flagged words are merged into runs of adjacent words, and the
+        run with the lowest mean score must consist of hallucinated words only;
+    any-flagged (Rich-HF): at least one threshold-flagged word is a misaligned token;
+    SeeTRUE-Feedback has no LA (its score is the NLI).
+AP (`AP_POSITIVE`): the original or the foiled captions as the positive class.
+NLI (SeeTRUE-Feedback): P(entailment) of the annotated misalignment (premise) entailing the
+    flagged phrases joined by ", " (hypothesis), 0 when nothing is flagged; mean over pairs.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +27,26 @@ from ..formulas import f_clip_score, select_misaligned, sum_negative_attribution
 from ..report import MisalignmentReport
 from ..words import split_words
 from .datasets import BENCHMARKS, Sample
-from .metrics import average_precision, correlations, localization_accuracy, spans_overlap, word_prf
+from .metrics import (
+    AP_CONVENTIONS,
+    AP_POSITIVE,
+    average_precision,
+    correlations,
+    localization_accuracy,
+    spans_overlap,
+    word_prf,
+)
 
 DEFAULT_SWEEP = (0.0, -1e-6, -1e-5, -5e-5, -1e-4, -5e-4, -1e-3)
+
+LA_RULES = {
+    "foil": "most-negative",
+    "nocaps-foil": "most-negative",
+    "shapes-foil": "most-negative",
+    "hat": "phrase",
+    "richhf": "any-flagged",
+    "seetrue": None,
+}
 
 
 @dataclass
@@ -49,6 +79,48 @@ def _token_predictions(report: MisalignmentReport, chosen: set[int], labels) -> 
     return [int(any(spans_overlap((a, b), sp) for sp in spans)) for a, b, _ in labels]
 
 
+def flagged_phrases(chosen: list[int], eligible: list[bool]) -> list[list[int]]:
+    """Runs of flagged words that are adjacent once punctuation is skipped, in caption order
+    (word indices). E.g. flagged "red", "car" in "a red, car" form one phrase."""
+    rank = {i: k for k, i in enumerate(i for i, e in enumerate(eligible) if e)}
+    phrases: list[list[int]] = []
+    for i in sorted(chosen):
+        if phrases and rank[i] == rank[phrases[-1][-1]] + 1:
+            phrases[-1].append(i)
+        else:
+            phrases.append([i])
+    return phrases
+
+
+def _hits_foil(report: MisalignmentReport, i: int, sample: Sample) -> bool:
+    w = report.words[i]
+    return any(spans_overlap((w.start, w.end), f) for f in sample.foil_spans)
+
+
+def _la_hit(rule: str, row: dict, picker: str) -> bool:
+    """Whether the detector localized the misalignment of one foiled caption (see LA_RULES)."""
+    s, r = row["sample"], row["report"]
+    if rule == "most-negative" or picker == "random":
+        return bool(row["pick"]) and _hits_foil(r, row["pick"][0], s)
+    if rule == "any-flagged":
+        return any(_hits_foil(r, i, s) for i in row["chosen_thr"])
+    # "phrase": the run of adjacent flagged words with the lowest mean score, all hallucinated.
+    phrases = flagged_phrases(row["chosen_thr"], row["eligible"])
+    if not phrases:
+        return False
+    best = min(phrases, key=lambda ph: sum(row["scores"][i] for i in ph) / len(ph))
+    return all(_hits_foil(r, i, s) for i in best)
+
+
+def _nli_pair(row: dict) -> tuple[str, str | None]:
+    """(premise, hypothesis) of the SeeTRUE NLI: the annotated misalignment, and the flagged
+    phrases joined by ", " (None when nothing is flagged), both lowercased."""
+    words = row["report"].words
+    phrases = flagged_phrases(row["chosen_thr"], row["eligible"])
+    hyp = ", ".join(" ".join(words[i].word for i in ph) for ph in phrases)
+    return row["sample"].misalignment_text.lower(), (hyp.lower() or None)
+
+
 def evaluate(
     reports: list[MisalignmentReport],
     samples: list[Sample],
@@ -62,14 +134,24 @@ def evaluate(
     seed: int = 0,
     settings: dict | None = None,
     seconds: float = 0.0,
+    ap_positive: str | None = None,
+    nli: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> EvalResult:
     """Metrics from finished reports (so one detector run serves every threshold and mode).
 
     picker: "most-negative" (CLIP4DM's localization) or "random" (a random non-punctuation
-        word: the chance baseline for LA).
+        word: the chance baseline for LA, whatever the benchmark's LA rule).
     content_word: predicate for the "content words only" LA (e.g. ShapesWorld's vocabulary).
+    ap_positive: "original" or "foil", AP's positive class (default: the paper's choice for
+        the benchmark, `AP_POSITIVE`); every metrics row records it as "ap_positive".
+    nli: (premises, hypotheses) -> P(entailment) each, e.g. `nli_entailment` bound to a
+        model; when given, the samples with a misalignment text get the SeeTRUE "nli" score.
     """
     mode = mode or BENCHMARKS.get(benchmark, (None, "threshold"))[1]
+    ap_positive = ap_positive or AP_POSITIVE.get(benchmark, "original")
+    if ap_positive not in AP_CONVENTIONS:
+        raise ValueError(f"ap_positive must be one of {AP_CONVENTIONS}, got {ap_positive!r}")
+    la_rule = LA_RULES.get(benchmark, "most-negative")
     rng = np.random.default_rng(seed)
     rows = []
     for s, r in zip(samples, reports):
@@ -113,15 +195,31 @@ def evaluate(
             )
         )
 
-    def la(subset, key="pick"):
-        hits = []
-        for row in subset:
-            s = row["sample"]
-            if s.is_original is False and s.foil_spans and row[key] is not None:
-                w = row["report"].words[row[key][0]] if row[key] else None
-                hits.append(
-                    w is not None and any(spans_overlap((w.start, w.end), f) for f in s.foil_spans)
-                )
+    if nli is not None:
+        asked = [
+            (row, *_nli_pair(row)) for row in rows if row["sample"].misalignment_text is not None
+        ]
+        to_run = [(row, p, h) for row, p, h in asked if h is not None]
+        probs = nli([p for _, p, _ in to_run], [h for _, _, h in to_run]) if to_run else []
+        for row, *_ in asked:
+            row["nli"] = 0.0
+        for (row, *_), prob in zip(to_run, probs):
+            row["nli"] = float(prob)
+
+    def la(subset) -> float:
+        if la_rule is None:
+            return math.nan
+        hits = [
+            _la_hit(la_rule, row, picker) for row in subset if row["sample"].is_original is False
+        ]
+        return localization_accuracy(hits)
+
+    def la_content(subset) -> float:
+        hits = [
+            bool(row["pick_c"]) and _hits_foil(row["report"], row["pick_c"][0], row["sample"])
+            for row in subset
+            if row["sample"].is_original is False
+        ]
         return localization_accuracy(hits)
 
     def fclip(row, chosen) -> float:
@@ -134,19 +232,15 @@ def evaluate(
 
     def ap_clip(subset) -> float:
         lab = labels_of(subset)
-        return (
-            math.nan
-            if lab is None
-            else average_precision(lab, [row["report"].clip_score for row in subset])
-        )
+        if lab is None:
+            return math.nan
+        return average_precision(lab, [row["report"].clip_score for row in subset], ap_positive)
 
     def ap_fclip(subset, chosen_of) -> float:
         lab = labels_of(subset)
-        return (
-            math.nan
-            if lab is None
-            else average_precision(lab, [fclip(row, chosen_of(row)) for row in subset])
-        )
+        if lab is None:
+            return math.nan
+        return average_precision(lab, [fclip(row, chosen_of(row)) for row in subset], ap_positive)
 
     def prf(subset, chosen_of):
         pred, true = [], []
@@ -162,10 +256,14 @@ def evaluate(
             "la": la(subset),
             "ap_clipscore": ap_clip(subset),
             "ap_fclipscore": ap_fclip(subset, lambda row: row["chosen"]),
+            "ap_positive": ap_positive,
         }
         if content_word:
-            out["la_content"] = la(subset, "pick_c")
+            out["la_content"] = la_content(subset)
         out.update(prf(subset, lambda row: row["chosen_thr"]))
+        scored = [row["nli"] for row in subset if "nli" in row]
+        if scored:
+            out["nli"] = float(np.mean(scored))
         human = [
             (fclip(row, row["chosen"]), row["sample"].human_score)
             for row in subset
@@ -201,7 +299,13 @@ def evaluate(
         )
     return EvalResult(
         benchmark,
-        {"mode": mode, "threshold": threshold, "picker": picker, **(settings or {})},
+        {
+            "mode": mode,
+            "threshold": threshold,
+            "picker": picker,
+            "ap_positive": ap_positive,
+            **(settings or {}),
+        },
         len(samples),
         metrics,
         per_kind,
@@ -269,4 +373,12 @@ def nli_entailment(model_path: str, premises: list[str], hypotheses: list[str]) 
     return out
 
 
-__all__ = ["EvalResult", "detect_samples", "evaluate", "nli_entailment", "run_benchmark"]
+__all__ = [
+    "LA_RULES",
+    "EvalResult",
+    "detect_samples",
+    "evaluate",
+    "flagged_phrases",
+    "nli_entailment",
+    "run_benchmark",
+]

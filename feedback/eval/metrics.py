@@ -1,7 +1,9 @@
 """The paper's evaluation metrics (pure functions over per-sample results).
 
-LA: fraction of foiled captions whose most negative word is the foil.
-AP: average precision of a score at separating original (positive) from foiled captions.
+LA: fraction of foiled captions whose flagged word(s) hit the foil (per-benchmark rules in
+    `evaluate`).
+AP: average precision of a score at separating original from foiled captions, with either
+    class as the positive one (`AP_POSITIVE`: the paper's choice per benchmark).
 Word P/R/F1: threshold-mode words against per-token labels, counts summed over the set.
 Pearson / Spearman: F-CLIPScore against a human misalignment score.
 """
@@ -14,17 +16,47 @@ import numpy as np
 
 
 def localization_accuracy(hits: list[bool]) -> float:
+    """Fraction of hits; NaN when there is nothing to localize."""
     return float(np.mean(hits)) if hits else math.nan
 
 
-def average_precision(is_original: list[bool], scores: list[float]) -> float:
-    """AP with "caption is original" as the positive label (higher score = more original)."""
+AP_CONVENTIONS = ("original", "foil")
+
+# Which class the authors' main.py (`calculate_metrics`) takes as AP's positive one:
+# "original" scores the original captions with the score as is, "foil" scores the foiled
+# captions with the negated score. SeeTRUE-Feedback keeps main.py's default ("original"):
+# its SeeTRUE branch never switches, and its test set holds no aligned pair, so its AP is
+# undefined under either choice.
+AP_POSITIVE = {
+    "foil": "original",
+    "nocaps-foil": "original",
+    "shapes-foil": "original",
+    "hat": "foil",
+    "richhf": "foil",
+    "seetrue": "original",
+}
+
+
+def average_precision(
+    is_original: list[bool], scores: list[float], positive: str = "original"
+) -> float:
+    """AP of `scores` (higher = more aligned) at separating original from foiled captions.
+
+    positive="original": the originals are the positive class, ranked by the score as is.
+    positive="foil": the foils are the positive class, ranked by the negated score.
+    NaN when only one class is present.
+    """
     from sklearn.metrics import average_precision_score
 
+    if positive not in AP_CONVENTIONS:
+        raise ValueError(f"positive must be one of {AP_CONVENTIONS}, got {positive!r}")
     y = np.asarray(is_original, dtype=int)
     if len(set(y.tolist())) < 2:
         return math.nan
-    return float(average_precision_score(y, np.asarray(scores, dtype=np.float64)))
+    s = np.asarray(scores, dtype=np.float64)
+    if positive == "foil":
+        y, s = 1 - y, -s
+    return float(average_precision_score(y, s))
 
 
 def word_prf(pred: list[int], true: list[int]) -> dict:
@@ -38,6 +70,7 @@ def word_prf(pred: list[int], true: list[int]) -> dict:
 
 
 def correlations(pred: list[float], human: list[float]) -> dict:
+    """Pearson and Spearman correlation of `pred` with `human` (NaN when undefined)."""
     from scipy.stats import pearsonr, spearmanr
 
     if len(pred) < 3 or np.std(pred) == 0 or np.std(human) == 0:
@@ -49,4 +82,5 @@ def correlations(pred: list[float], human: list[float]) -> dict:
 
 
 def spans_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two [start, end) character spans share a character."""
     return a[0] < b[1] and b[0] < a[1]
