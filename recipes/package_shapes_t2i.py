@@ -41,10 +41,15 @@ class PackageT2IConfig:
     steps: int = 20
     guidance: float = 4.0
     batch: int = 25
+    detector: str = "shapes-tiny"
+    """Detector whose stop threshold is calibrated on the generated validation images."""
+    rate: float = 0.1
+    """Target share of fully right generated images that still get a word flagged."""
 
 
-def validate(pipe, n: int, steps: int, guidance: float, batch: int) -> dict:
-    out = {}
+def validate(pipe, n: int, steps: int, guidance: float, batch: int) -> tuple[dict, list]:
+    """Oracle accuracy per prompt kind, and the (image, prompt, judgement) triples."""
+    out, made = {}, []
     for k in (1, 2):
         prompts = prompt_set(n, n_objects=k, seed=VALIDATION_SEED + k)
         judgements = []
@@ -59,14 +64,53 @@ def validate(pipe, n: int, steps: int, guidance: float, batch: int) -> dict:
                 generator=gens,
                 output_type="pt",
             ).images
-            judgements += [judge_tensor(im, p) for im, p in zip(imgs, chunk)]
+            js = [judge_tensor(im, p) for im, p in zip(imgs, chunk)]
+            judgements += js
+            made += list(zip(imgs, chunk, js))
         out[f"{k}_object"] = {
             "prompts": n,
             "fully_right": sum(j.all_correct for j in judgements) / n,
             "word_kind_accuracy": word_kind_accuracy(judgements),
             "seconds_per_image": (time.perf_counter() - t0) / n,
         }
-    return out
+    return out, made
+
+
+def calibrate_loop_threshold(made: list, detector: str, rate: float) -> dict:
+    """The detector's eps for the loop's stop rule, calibrated on *generated* images: the
+    largest eps at which at most `rate` of the images the oracle finds fully right get a word
+    flagged (a threshold calibrated on rendered scenes does not transfer to generated ones).
+    Also reports the recall on oracle-wrong words and the false-alarm rate per word kind."""
+    from feedback import MisalignmentDetector
+    from feedback.eval.calibration import calibrate_threshold
+    from feedback.eval.datasets import Sample
+    from generation.figures import to_pil
+
+    det = MisalignmentDetector.from_pretrained(detector)
+    samples = [
+        Sample(
+            f"gen-{i}",
+            to_pil(img),
+            prompt,
+            is_original=j.all_correct,
+            foil_spans=[(v.start, v.end) for v in j.words if v.correct is False],
+        )
+        for i, (img, prompt, j) in enumerate(made)
+    ]
+    reports = det.detect([s.image for s in samples], [s.caption for s in samples])
+    cal = calibrate_threshold(samples, reports, rate=rate).to_dict()
+    eps = cal["threshold"]
+    flagged: dict[str, list[int]] = {}
+    for (_, _, j), rep in zip(made, reports):
+        for v, w in zip(j.words, rep.words):
+            if v.kind is not None and v.correct is True and w.score is not None:
+                flagged.setdefault(v.kind, []).append(int(w.score < eps))
+    cal["false_alarm_rate_per_right_word"] = {k: sum(v) / len(v) for k, v in flagged.items()}
+    cal["detector"] = detector
+    cal["card_threshold"] = det.config.threshold
+    cal["n_right"] = sum(s.is_original for s in samples)
+    cal["n_wrong"] = len(samples) - cal["n_right"]
+    return cal
 
 
 def main(cfg: PackageT2IConfig) -> dict:
@@ -78,8 +122,14 @@ def main(cfg: PackageT2IConfig) -> dict:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training.json"))
     training = json.loads((src / "training.json").read_text())
     pipe = load_pipeline(dest.name)
-    metrics = validate(pipe, cfg.n, cfg.steps, cfg.guidance, cfg.batch)
-    card = {"training": training, "validation": metrics, "sampling": asdict(cfg)}
+    metrics, made = validate(pipe, cfg.n, cfg.steps, cfg.guidance, cfg.batch)
+    loop = calibrate_loop_threshold(made, cfg.detector, cfg.rate)
+    card = {
+        "training": training,
+        "validation": metrics,
+        "loop_threshold": loop,
+        "sampling": asdict(cfg),
+    }
     (dest / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     one, two = metrics["1_object"], metrics["2_object"]
     (dest / "README.md").write_text(
@@ -107,6 +157,13 @@ def main(cfg: PackageT2IConfig) -> dict:
             + " |\n"
             for name, m in (("one object", one), ("two objects", two))
         )
+        + f"\nLoop stop rule: with `{loop['detector']}`, eps = {loop['threshold']:.5f} "
+        f"(calibrated on these generated images: {100 * loop['false_flag_rate']:.0f}% of the "
+        f"{loop['n_right']} fully right images get a word flagged; it flags the wrong word on "
+        f"{100 * loop['foil_recall']:.0f}% of the {loop['n_wrong']} wrong ones). The detector "
+        f"card's eps ({loop['card_threshold']:.5f}, calibrated on rendered scenes) would flag "
+        "more right images; `clip4dm demo`/`generate` use this eps unless `--threshold` is "
+        "given.\n"
     )
     print(json.dumps(metrics, indent=2))
     return card

@@ -86,3 +86,15 @@ def word_kind_accuracy(judgements) -> dict[str, float]:
             total[w.kind] = total.get(w.kind, 0) + 1
             right[w.kind] = right.get(w.kind, 0) + int(w.correct)
     return {k: right[k] / total[k] for k in sorted(total)}
+
+
+def loop_threshold(name: str = PIPELINE_NAME, detector: str = "shapes-tiny") -> float | None:
+    """The stop-rule eps the pipeline's card calibrated for `detector` on generated images
+    (None when the card has none for that detector)."""
+    import json
+
+    card = pipeline_path(name) / "model_card.json"
+    if not card.is_file():
+        return None
+    cal = json.loads(card.read_text()).get("loop_threshold") or {}
+    return cal.get("threshold") if cal.get("detector") == detector else None

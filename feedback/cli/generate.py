@@ -110,6 +110,11 @@ def load_pipeline(name: str, device: str):
 def _fb(args, pipe):
     from generation import FeedbackPipeline, LoopConfig
 
+    if args.threshold is None and args.pipeline == SHIPPED_PIPELINE:
+        # The shipped pipeline's card calibrates the detector's eps on *generated* images.
+        from shapesworld.pipelines import loop_threshold
+
+        args.threshold = loop_threshold(detector=args.model)
     det = build_detector(args)
     cfg = LoopConfig(strategy=args.strategy, max_images=args.budget, seed=args.seed)
     try:
