@@ -113,6 +113,50 @@ def calibrate_loop_threshold(made: list, detector: str, rate: float) -> dict:
     return cal
 
 
+def _cell(v: float | None) -> str:
+    return "–" if v is None or v != v else f"{v:.2f}"
+
+
+def write_readme(dest: Path, card: dict) -> None:
+    """The model card's README from `model_card.json`'s content."""
+    training, metrics, loop = card["training"], card["validation"], card["loop_threshold"]
+    cfg = card["sampling"]
+    one, two = metrics["1_object"], metrics["2_object"]
+    (dest / "README.md").write_text(
+        "# shapes-sd-tiny\n\n"
+        "A genuine diffusers `StableDiffusionPipeline` for ShapesWorld, trained from scratch by "
+        "`recipes/train_shapes_t2i.py`: 32x32 RGB, `AutoencoderKL` (16x16x4 latent, "
+        f"{training.get('vae_psnr_db', float('nan')):.1f} dB reconstruction PSNR), "
+        "`UNet2DConditionModel` with cross-attention at 8x8 and 4x4, conditioned on the frozen "
+        "text tower of `shapes-tiny` as a transformers `CLIPTextModel`; "
+        "`DPMSolverMultistepScheduler`. fp16 safetensors; loads offline with "
+        "`StableDiffusionPipeline.from_pretrained(<this folder>)`.\n\n"
+        f"Training: {training.get('unet_steps_total', training.get('unet_steps'))} UNet steps "
+        f"and {training.get('vae_steps')} VAE "
+        f"steps at batch {training['config']['batch_size']}, "
+        f"{training.get('minutes_total', float('nan')):.0f} minutes on 2 CPU cores.\n\n"
+        f"Validation ({cfg['n']} held-out prompts per kind, one image each, {cfg['steps']} steps, "
+        f"guidance {cfg['guidance']}), judged by the ShapesWorld pixel oracle:\n\n"
+        "| prompts | fully right | color | shape | size | position |\n|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| {name} | {m['fully_right']:.2f} | "
+            + " | ".join(
+                _cell(m["word_kind_accuracy"].get(k))
+                for k in ("color", "shape", "size", "position")
+            )
+            + " |\n"
+            for name, m in (("one object", one), ("two objects", two))
+        )
+        + f"\nLoop stop rule: with `{loop['detector']}`, eps = {loop['threshold']:.5f} "
+        f"(calibrated on these generated images: {100 * loop['false_flag_rate']:.0f}% of the "
+        f"{loop['n_right']} fully right images get a word flagged; it flags the wrong word on "
+        f"{100 * loop['foil_recall']:.0f}% of the {loop['n_wrong']} wrong ones and some word on "
+        f"{100 * loop['foil_detection']:.0f}% of them). For comparison the detector card's eps, "
+        f"calibrated on rendered scenes, is {loop['card_threshold']:.5f}. `clip4dm demo` and "
+        "`clip4dm generate` use this eps unless `--threshold` is given.\n"
+    )
+
+
 def main(cfg: PackageT2IConfig) -> dict:
     src, dest = Path(cfg.run) / "pipeline", Path(cfg.dest)
     if not (src / "model_index.json").is_file():
@@ -131,40 +175,7 @@ def main(cfg: PackageT2IConfig) -> dict:
         "sampling": asdict(cfg),
     }
     (dest / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    one, two = metrics["1_object"], metrics["2_object"]
-    (dest / "README.md").write_text(
-        "# shapes-sd-tiny\n\n"
-        "A genuine diffusers `StableDiffusionPipeline` for ShapesWorld, trained from scratch by "
-        "`recipes/train_shapes_t2i.py`: 32x32 RGB, `AutoencoderKL` (16x16x4 latent, "
-        f"{training.get('vae_psnr_db', float('nan')):.1f} dB reconstruction PSNR), "
-        "`UNet2DConditionModel` with cross-attention at 8x8 and 4x4, conditioned on the frozen "
-        "text tower of `shapes-tiny` as a transformers `CLIPTextModel`; "
-        "`DPMSolverMultistepScheduler`. fp16 safetensors; loads offline with "
-        "`StableDiffusionPipeline.from_pretrained(<this folder>)`.\n\n"
-        f"Training: {training.get('unet_steps_total', training.get('unet_steps'))} UNet steps "
-        f"and {training.get('vae_steps')} VAE "
-        f"steps at batch {training['config']['batch_size']}, "
-        f"{training.get('minutes_total', float('nan')):.0f} minutes on 2 CPU cores.\n\n"
-        f"Validation ({cfg.n} held-out prompts per kind, one image each, {cfg.steps} steps, "
-        f"guidance {cfg.guidance}), judged by the ShapesWorld pixel oracle:\n\n"
-        "| prompts | fully right | color | shape | size | position |\n|---|---|---|---|---|---|\n"
-        + "".join(
-            f"| {name} | {m['fully_right']:.2f} | "
-            + " | ".join(
-                f"{m['word_kind_accuracy'].get(k, float('nan')):.2f}"
-                for k in ("color", "shape", "size", "position")
-            )
-            + " |\n"
-            for name, m in (("one object", one), ("two objects", two))
-        )
-        + f"\nLoop stop rule: with `{loop['detector']}`, eps = {loop['threshold']:.5f} "
-        f"(calibrated on these generated images: {100 * loop['false_flag_rate']:.0f}% of the "
-        f"{loop['n_right']} fully right images get a word flagged; it flags the wrong word on "
-        f"{100 * loop['foil_recall']:.0f}% of the {loop['n_wrong']} wrong ones). The detector "
-        f"card's eps ({loop['card_threshold']:.5f}, calibrated on rendered scenes) would flag "
-        "more right images; `clip4dm demo`/`generate` use this eps unless `--threshold` is "
-        "given.\n"
-    )
+    write_readme(dest, card)
     print(json.dumps(metrics, indent=2))
     return card
 
