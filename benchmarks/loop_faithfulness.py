@@ -111,6 +111,10 @@ def main():
         default=None,
         help="detector eps (default: the pipeline card's eps calibrated on generated images)",
     )
+    p.add_argument("--only", nargs="+", default=None, help="run only loops whose name has one")
+    p.add_argument(
+        "--ae-no-stop", action="store_true", help="Attend-and-Excite uses the whole budget"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -176,7 +180,15 @@ def main():
             LoopConfig(strategy="reweight", max_images=N, samples_per_round=2),
         ),
         "oracle-driven reweight": (oracle_det, LoopConfig(strategy="reweight", max_images=N)),
+        # Without the stop rule every prompt gets the whole budget: what the loop adds when a
+        # weak detector's "nothing is misaligned" is not trusted.
+        "reweight, no early stop": (
+            det,
+            LoopConfig(strategy="reweight", max_images=N, stop_when_aligned=False),
+        ),
     }
+    if args.only:
+        loops = {k: v for k, v in loops.items() if any(o in k for o in args.only)}
     for name, (d, cfg) in loops.items():
         clock = Clock()
         # A fresh detector object per loop (same backend), so each clock wraps only its own.
@@ -198,7 +210,11 @@ def main():
             FeedbackPipeline(
                 pipe,
                 MisalignmentDetector(det.backend, det.config),
-                LoopConfig(strategy="attend_and_excite", max_images=N),
+                LoopConfig(
+                    strategy="attend_and_excite",
+                    max_images=N,
+                    stop_when_aligned=not args.ae_no_stop,
+                ),
             )
         )
         ok = []

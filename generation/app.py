@@ -170,7 +170,8 @@ def _shapes_oracle(prompt: str):
         return None
 
     def oracle(image, text):
-        return [v.correct for v in judge(image, text).words]
+        j = judge(image, text)
+        return [v.correct for v in j.words], j.all_correct
 
     return oracle
 

@@ -14,8 +14,10 @@ from PIL import Image, ImageDraw
 
 from .outputs import PromptHistory
 
-#: oracle(image, prompt) -> per detector word: True (right), False (wrong), None (no verdict).
-Oracle = Callable[[Image.Image, str], Sequence[bool | None]]
+#: oracle(image, prompt) -> (per detector word: True right / False wrong / None no verdict,
+#: whether the whole image is right -- which can fail with every word right, e.g. an extra
+#: object).
+Oracle = Callable[[Image.Image, str], tuple[Sequence[bool | None], bool]]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -72,18 +74,16 @@ def prompt_cards(
     for rec in h.rounds:
         for k, img in enumerate(rec.images):
             pil = to_pil(img)
-            verdicts = oracle(pil, h.prompt) if oracle is not None else None
+            verdicts, all_right = oracle(pil, h.prompt) if oracle is not None else (None, None)
             kept = (rec.round, k) == tuple(h.best)
             if kept and verdicts is not None:
-                verdict_ok = "yes" if all(v is not False for v in verdicts) else "no"
+                verdict_ok = "yes" if all_right else "no"
             r = rec.reports[k]
             oracle_line = ""
             if verdicts is not None:
                 wrong = [w.word for w, v in zip(r.words, verdicts) if v is False]
-                oracle_line = (
-                    f"<div class='meta oracle'>oracle: "
-                    f"{html.escape(', '.join(wrong)) or 'all right'}</div>"
-                )
+                said = ", ".join(wrong) or ("all right" if all_right else "wrong object count")
+                oracle_line = f"<div class='meta oracle'>oracle: {html.escape(said)}</div>"
             cards.append(
                 f"<div class='card{' kept' if kept else ''}'>"
                 f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 
 import pytest
@@ -76,17 +75,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine (apt-get install -y chromium)")
-    return path
-
-
 @pytest.mark.slow
-def test_app_in_a_real_browser(detector, caught_foil, tmp_path):
+def test_app_in_a_real_browser(detector, caught_foil, tmp_path, chromium_path):
     from playwright.sync_api import expect, sync_playwright
 
     from generation.app import launch
@@ -98,7 +88,7 @@ def test_app_in_a_real_browser(detector, caught_foil, tmp_path):
     try:
         path, caption, word = caught_foil
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("input[type=file]").first.set_input_files(path)

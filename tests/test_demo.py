@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,15 +12,6 @@ import pytest
 
 from feedback.cli import main
 from shapesworld.pipelines import pipeline_path, prompt_set
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (see .ci/run)")
-        pytest.skip("no chromium on this machine (apt-get install -y chromium)")
-    return path
 
 
 def test_shipped_pipeline_loads_offline_with_stock_diffusers():
@@ -42,7 +32,7 @@ def test_shipped_pipeline_loads_offline_with_stock_diffusers():
 
 
 @pytest.mark.slow
-def test_demo_writes_a_report_a_browser_renders(tmp_path, capsys):
+def test_demo_writes_a_report_a_browser_renders(tmp_path, capsys, chromium_path):
     out = tmp_path / "demo"
     prompts = [p.text for p in prompt_set(2)]
     # most-negative mode flags one word per image, so the report must highlight words
@@ -61,7 +51,7 @@ def test_demo_writes_a_report_a_browser_renders(tmp_path, capsys):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1000, "height": 800})
         page.goto((out / "report.html").as_uri())
         flagged = page.locator("mark.flag").all_inner_texts()

@@ -47,6 +47,23 @@ def _vae():
     ).eval()
 
 
+def _unet(**kw):
+    """A tiny SD-style UNet (16x16 latents, cross-attention at 8x8), seeded."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **kw,
+    ).eval()
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     tok = write_clip_tokenizer(tmp_path_factory.mktemp("tok"))
@@ -56,20 +73,9 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd_pipe(tokenizer):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    ).eval()
+    unet = _unet(cross_attention_dim=32, attention_head_dim=8)
     pipe = StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=_text_encoder(32),
@@ -86,7 +92,7 @@ def sd_pipe(tokenizer):
 
 @pytest.fixture(scope="module")
 def sdxl_pipe(tmp_path_factory):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("tok2")
@@ -94,22 +100,14 @@ def sdxl_pipe(tmp_path_factory):
     tok.model_max_length = 77
     tok2 = AutoTokenizer.from_pretrained(folder, pad_token="!")
     tok2.model_max_length = 77
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=80,  # 6 * 8 + pooled width 32
         cross_attention_dim=64,  # 32 + 32: the two encoders' outputs concatenated
-    ).eval()
+    )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
         text_encoder=_text_encoder(32),

@@ -127,7 +127,8 @@ def _shapes_oracle():
     from shapesworld import judge
 
     def oracle(image, prompt):
-        return [v.correct for v in judge(image, prompt).words]
+        j = judge(image, prompt)
+        return [v.correct for v in j.words], j.all_correct
 
     return oracle
 
