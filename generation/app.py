@@ -72,7 +72,10 @@ class App:
         self.detector = detector
         self.pipe = pipe
         self.config = config or AppConfig()
-        self._lock = threading.Lock()  # one model call at a time; Gradio queues the rest
+        # A diffusers pipeline is not thread-safe (its scheduler keeps per-call state): one
+        # generation at a time, the next request waits in Gradio's queue. Checks only use the
+        # detector (stateless per call), so they never wait for someone else's generation.
+        self._pipe_lock = threading.Lock()
 
     def _check_caption(self, caption) -> str:
         if not isinstance(caption, str) or not caption.strip():
@@ -98,8 +101,7 @@ class App:
                 f"image is {img.width}x{img.height}; this app accepts up to "
                 f"{self.config.max_pixels} pixels"
             )
-        with self._lock:
-            report = self.detector(img, caption)
+        report = self.detector(img, caption)
         d = report.to_dict()
         d["settings"] = self.detector.config.to_dict()
         out = Path(tempfile.mkdtemp(prefix="clip4dm-")) / "report.json"
@@ -124,7 +126,7 @@ class App:
         done = []
         # The loop runs in this (Gradio worker) thread and yields after every round; a
         # background thread running torch here crashed the interpreter at exit.
-        with self._lock:
+        with self._pipe_lock:
             try:
                 for item in fb.stream(prompt, num_inference_steps=int(steps)):
                     if isinstance(item, PromptHistory):
@@ -161,19 +163,9 @@ def _page(h: PromptHistory, oracle, running: bool) -> str:
 
 def _shapes_oracle(prompt: str):
     """The ShapesWorld oracle when `prompt` is in its grammar, else None."""
-    from shapesworld import WORD_KINDS, judge
-    from shapesworld.captions import caption_words
+    from shapesworld.oracle import in_grammar, oracle_verdicts
 
-    words = [w.lower() for w, _, _ in caption_words(prompt)]
-    allowed = set(WORD_KINDS) | {"a", "an", "the", "and", "of", "to", "on", ",", "."}
-    if not words or any(w not in allowed for w in words):
-        return None
-
-    def oracle(image, text):
-        j = judge(image, text)
-        return [v.correct for v in j.words], j.all_correct
-
-    return oracle
+    return oracle_verdicts if in_grammar(prompt) else None
 
 
 def example_pairs(folder: Path, n: int = 3) -> list[list[str]]:

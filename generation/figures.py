@@ -75,6 +75,8 @@ def prompt_cards(
         for k, img in enumerate(rec.images):
             pil = to_pil(img)
             verdicts, all_right = oracle(pil, h.prompt) if oracle is not None else (None, None)
+            if all_right is None:  # the oracle cannot read this prompt
+                verdicts = None
             kept = (rec.round, k) == tuple(h.best)
             if kept and verdicts is not None:
                 verdict_ok = "yes" if all_right else "no"

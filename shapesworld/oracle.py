@@ -185,3 +185,22 @@ def _evaluate(words, phrases, relations, objs, assignment) -> list[bool | None]:
             ok = subj is not None and ref is not None and sign * (subj[a] - ref) > 0
         out[r.word] = bool(ok)
     return out
+
+
+_FUNCTION_WORDS = {"a", "an", "the", "and", "of", "to", "on", ",", "."}
+
+
+def in_grammar(caption: str) -> bool:
+    """Whether the oracle can judge `caption`: only ShapesWorld attribute/relation words and
+    the grammar's function words (anything else would get meaningless verdicts)."""
+    from .captions import caption_words
+
+    words = [w.lower() for w, _, _ in caption_words(caption)]
+    allowed = set(WORD_KINDS) | _FUNCTION_WORDS
+    return bool(words) and all(w in allowed for w in words) and any(w in SHAPES for w in words)
+
+
+def oracle_verdicts(image: Image.Image, caption: str) -> tuple[list[bool | None], bool]:
+    """(per-word verdicts, whole image right) -- the form report pictures take."""
+    j = judge(image, caption)
+    return [v.correct for v in j.words], j.all_correct

@@ -76,21 +76,42 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_app_in_a_real_browser(detector, caught_foil, tmp_path, chromium_path):
+def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
+    """`clip4dm app` as a user starts it (a subprocess), driven in headless Chromium."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
     from playwright.sync_api import expect, sync_playwright
 
-    from generation.app import launch
-    from shapesworld.pipelines import load_pipeline, prompt_set
+    from shapesworld.pipelines import prompt_set
 
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     port = _free_port()
-    demo = launch(App(detector, load_pipeline()), port=port, block=False)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "feedback.cli", "app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start within 2 minutes")
         path, caption, word = caught_foil
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             page.locator("input[type=file]").first.set_input_files(path)
             page.locator("#caption textarea").fill(caption)
             page.locator("#check").click()
@@ -108,4 +129,17 @@ def test_app_in_a_real_browser(detector, caught_foil, tmp_path, chromium_path):
             page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
             browser.close()
     finally:
-        demo.close()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_check_does_not_wait_for_another_users_generation(detector, caught_foil):
+    import threading
+
+    app = App(detector)
+    with app._pipe_lock:  # someone else's generation is running
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (app.check(caught_foil[0], caught_foil[1]), done.set()))
+        t.start()
+        assert done.wait(timeout=60), "check blocked on the generation lock"
+        t.join()

@@ -130,3 +130,19 @@ def test_demo_names_a_missing_pipeline(tmp_path, capsys):
     code = main(["demo", "--pipeline", str(tmp_path / "missing"), "--out", str(tmp_path)])
     assert code == 2
     assert "pipeline folder not found" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_empty_prompt_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--prompts", "  "]) == 2
+    err = capsys.readouterr().err
+    assert "empty prompt" in err and "Traceback" not in err
+
+
+def test_oracle_judges_only_prompts_in_its_grammar():
+    from shapesworld.oracle import in_grammar
+
+    assert in_grammar("a small red circle to the left of a blue square.")
+    assert in_grammar(prompt_set(1)[0].text)
+    assert not in_grammar("a 🟥 square, big")
+    assert not in_grammar("赤い円")
+    assert not in_grammar("a red")  # no shape: nothing to judge

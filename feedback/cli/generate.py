@@ -123,16 +123,6 @@ def _fb(args, pipe):
         raise InputError(str(e)) from None
 
 
-def _shapes_oracle():
-    from shapesworld import judge
-
-    def oracle(image, prompt):
-        j = judge(image, prompt)
-        return [v.correct for v in j.words], j.all_correct
-
-    return oracle
-
-
 def _cmd_demo(args) -> int:
     from tqdm.auto import tqdm
 
@@ -150,23 +140,22 @@ def _cmd_demo(args) -> int:
     history = []
     with open(out / "results.jsonl", "w") as f:
         for i, prompt in enumerate(tqdm(prompts, desc="clip4dm demo", unit="prompt")):
-            res = fb(
-                prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                output_type="pt",
-                generator=None,
-            ).history[0]
+            res = _run(fb, prompt, args)
             history.append(res)
             f.write(json.dumps({"index": i, **res.to_dict()}) + "\n")
-    oracle = _shapes_oracle() if shapes else None
+    from shapesworld.oracle import in_grammar, oracle_verdicts
+
+    def oracle(image, prompt):  # judged only where the oracle can read the prompt
+        return oracle_verdicts(image, prompt) if in_grammar(prompt) else ([], None)
+
+    oracle = oracle if shapes else None
     html_path = write_html(history, out / "report.html", oracle=oracle)
     grid_path = write_grid(history, out / "grid.png")
     print(f"\n{'prompt':<62} {'imgs':>4}  {'flagged (kept image)':<22} {'oracle':<6}")
     for h in history:
         r, k = h.best
         verdict = "-"
-        if shapes:
+        if shapes and in_grammar(h.prompt):
             verdict = (
                 "right" if judge(to_pil(h.rounds[r].images[k]), h.prompt).all_correct else "wrong"
             )
@@ -175,6 +164,16 @@ def _cmd_demo(args) -> int:
     print(f"\n{len(prompts)} prompts in {time.perf_counter() - t0:.1f} s")
     print(f"report: {html_path}\ngrid:   {grid_path}\njson:   {out / 'results.jsonl'}")
     return 0
+
+
+def _run(fb, prompt: str, args):
+    """One prompt through the loop; the loop's input errors become one-line CLI errors."""
+    try:
+        return fb(
+            prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt"
+        ).history[0]
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -227,12 +226,7 @@ def _cmd_generate(args) -> int:
     with open(results, "a", encoding="utf-8") as f:
         for i in tqdm(todo, desc=f"clip4dm generate [{rank}]", disable=not state.is_main_process):
             fb.config.seed = args.seed + 1000 * i  # independent of sharding and resumes
-            h = fb(
-                prompts[i],
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                output_type="pt",
-            ).history[0]
+            h = _run(fb, prompts[i], args)
             for rec in h.rounds:
                 for k, img in enumerate(rec.images):
                     to_pil(img).save(out / "images" / f"{i:05d}_r{rec.round}_{k}.png")
