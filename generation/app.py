@@ -108,7 +108,16 @@ class App:
         out.write_text(json.dumps(d, indent=2))
         return report_html(report), d, str(out)
 
-    def generate(self, prompt, strategy: str, budget: int, steps: int, seed: int):
+    def generate(
+        self,
+        prompt,
+        strategy: str,
+        budget: int,
+        steps: int,
+        seed: int,
+        rounds: int = 4,
+        per_round: int = 1,
+    ):
         """Yield the HTML of the rounds made so far, after every round."""
         from .pipeline import FeedbackPipeline
 
@@ -120,7 +129,16 @@ class App:
         budget = int(budget)
         if not 1 <= budget <= self.config.max_budget:
             raise InputError(f"budget must be between 1 and {self.config.max_budget}")
-        cfg = LoopConfig(strategy=strategy, max_images=budget, seed=int(seed))
+        try:
+            cfg = LoopConfig(
+                strategy=strategy,
+                max_images=budget,
+                max_rounds=int(rounds),
+                samples_per_round=int(per_round),
+                seed=int(seed),
+            )
+        except ValueError as e:
+            raise InputError(str(e)) from None
         fb = FeedbackPipeline(self.pipe, self.detector, cfg)
         oracle = _shapes_oracle(prompt)
         done = []
@@ -195,9 +213,9 @@ def build_app(app: App):
         except (InputError, Clip4dmError) as e:
             raise gr.Error(str(e)) from None
 
-    def do_generate(prompt, strategy, budget, steps, seed):
+    def do_generate(prompt, strategy, budget, steps, seed, rounds, per_round):
         try:
-            yield from app.generate(prompt, strategy, budget, steps, seed)
+            yield from app.generate(prompt, strategy, budget, steps, seed, rounds, per_round)
         except (InputError, Clip4dmError) as e:
             raise gr.Error(str(e)) from None
 
@@ -224,9 +242,14 @@ def build_app(app: App):
                 budget = gr.Slider(1, app.config.max_budget, value=4, step=1, label="images")
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
                 seed = gr.Number(value=0, precision=0, label="seed")
+            with gr.Row():
+                rounds_in = gr.Slider(1, 8, value=4, step=1, label="max rounds")
+                per_round = gr.Slider(1, 4, value=1, step=1, label="images per round (N)")
             gen = gr.Button("Generate", variant="primary", elem_id="generate")
             rounds = gr.HTML(elem_id="rounds")
-            gen.click(do_generate, [prompt, strategy, budget, steps, seed], [rounds])
+            gen.click(
+                do_generate, [prompt, strategy, budget, steps, seed, rounds_in, per_round], [rounds]
+            )
     demo.queue(default_concurrency_limit=2)
     return demo
 

@@ -143,3 +143,18 @@ def test_a_check_does_not_wait_for_another_users_generation(detector, caught_foi
         t.start()
         assert done.wait(timeout=60), "check blocked on the generation lock"
         t.join()
+
+
+def test_generate_streams_rounds_with_the_chosen_budget(detector):
+    from shapesworld.pipelines import load_pipeline, prompt_set
+
+    app = App(
+        MisalignmentDetector.from_pretrained("shapes-tiny", mode="most-negative"),
+        load_pipeline(),
+    )
+    pages = list(app.generate(prompt_set(2)[1].text, "reweight", 3, 4, 0, rounds=2, per_round=2))
+    # most-negative mode always flags a word, so the loop uses its 2 rounds: 2 + 1 images
+    assert len(pages) == 3 and "working" in pages[0] and "done: 3 image(s)" in pages[-1]
+    assert pages[-1].count("<img") == 3
+    with pytest.raises(InputError, match="max_rounds"):
+        next(app.generate("a red circle", "reweight", 2, 4, 0, rounds=0))
