@@ -24,7 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from feedback import MisalignmentDetector
+from feedback import (
+    MisalignmentDetector,
+    f_clip_score,
+    select_misaligned,
+    sum_negative_attribution,
+)
 from generation import FeedbackPipeline, LoopConfig
 from shapesworld.pipelines import (
     judge_tensor,
@@ -147,8 +152,10 @@ def main():
         fi = h.best[1]
 
         def f_at(rep, e=card):  # F-CLIPScore had the detector used the card's eps
-            neg = sum(w.score for w in rep.words if w.score is not None and w.score < e)
-            return (neg * (1 - rep.clip_score / 2.5), rep.clip_score)
+            scores = [w.score for w in rep.words]
+            chosen = select_misaligned(scores, threshold=e)
+            f = f_clip_score(sum_negative_attribution(scores, chosen), rep.clip_score)
+            return (f, rep.clip_score)
 
         gi = max(range(N), key=lambda k: (f_at(rec.reports[k]), -k))
         rows["bon_fclip_card"].append(ok[gi])

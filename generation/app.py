@@ -21,6 +21,7 @@ from feedback.errors import Clip4dmError
 from .config import STRATEGIES, LoopConfig
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
+from .selection import best_in_rounds
 
 
 @dataclass
@@ -151,21 +152,10 @@ class App:
                         yield _page(item, oracle, running=False)
                     else:
                         done.append(item.record)
-                        partial = PromptHistory(prompt, list(done), _best(done), "running")
+                        partial = PromptHistory(prompt, list(done), best_in_rounds(done), "running")
                         yield _page(partial, oracle, running=True)
             except ValueError as e:
                 raise InputError(str(e)) from None
-
-
-def _best(rounds) -> tuple[int, int]:
-    from .selection import rank_key
-
-    best, key = (0, 0), None
-    for rec in rounds:
-        for k, rep in enumerate(rec.reports):
-            if key is None or rank_key(rep) > key:
-                best, key = (rec.round, k), rank_key(rep)
-    return best
 
 
 def _page(h: PromptHistory, oracle, running: bool) -> str:

@@ -32,7 +32,7 @@ def _data_uri(img: Image.Image, scale: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
 h1{font-size:20px} table{border-collapse:collapse;margin-bottom:16px}
 td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}
@@ -98,9 +98,6 @@ def prompt_cards(
     return f"<div class='rounds'>{''.join(cards)}</div>", verdict_ok
 
 
-CSS = _CSS
-
-
 def write_html(
     history: Sequence[PromptHistory],
     path: str | Path,
@@ -127,7 +124,7 @@ def write_html(
     )
     doc = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
         "<p class='meta'>Red: words the detector flags as misaligned (×w: the weight the "
         "loop gave them). Wavy underline: words the ShapesWorld oracle finds wrong. Green "
         f"frame: the image kept.</p><table>{head}{''.join(rows)}</table>"

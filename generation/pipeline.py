@@ -19,7 +19,7 @@ from feedback.detector import reports_from_output
 from .attend_excite import attention_resolution, build_attend_and_excite, token_indices
 from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
-from .selection import best_index, rank_key
+from .selection import best_in_rounds, best_index
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
 
 SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -260,7 +260,7 @@ class FeedbackPipeline:
     def _rounds(self, prompt, neg, base, per_round, call_kw):
         cfg = self.config
         det = self.detector
-        budget = cfg.max_images if cfg.strategy != "best_of_n" else max(cfg.max_images, 1)
+        budget = cfg.max_images
         rounds: list[RoundRecord] = []
         words = None
         weights: list[float] | None = None
@@ -298,14 +298,9 @@ class FeedbackPipeline:
             rounds.append(rec)
             used += n
             yield RoundEvent(prompt, rec)
-            i = best_index(reports)
-            if cfg.select_from_all_rounds:
-                if best is None or rank_key(reports[i]) > rank_key(
-                    rounds[best[0]].reports[best[1]]
-                ):
-                    best = (r, i)
-            else:
-                best = (r, i)
+            best = (
+                best_in_rounds(rounds) if cfg.select_from_all_rounds else (r, best_index(reports))
+            )
             chosen = rounds[best[0]].reports[best[1]]
             if cfg.stop_when_aligned and not chosen.misaligned_words:
                 stopped = "aligned"

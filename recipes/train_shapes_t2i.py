@@ -222,6 +222,17 @@ def train_vae(cfg: T2IConfig, accelerator: Accelerator, rng, minutes: float):
     return vae, {"vae_steps": step, "vae_minutes": (time.time() - t0) / 60, "vae_psnr_db": psnr}
 
 
+def load_run_vae(folder: str, device):
+    """The frozen VAE of a pipeline this recipe wrote, its `vae_*` card entries, and the whole
+    training card."""
+    from diffusers import AutoencoderKL
+
+    src = Path(folder)
+    vae = AutoencoderKL.from_pretrained(src / "vae").float().eval().requires_grad_(False)
+    prev = json.loads((src / "training.json").read_text())
+    return vae.to(device), {k: v for k, v in prev.items() if k.startswith("vae_")}, prev
+
+
 def main(cfg: T2IConfig) -> dict:
     from diffusers.training_utils import EMAModel
 
@@ -236,26 +247,16 @@ def main(cfg: T2IConfig) -> dict:
     text_encoder.to(accelerator.device)
 
     if cfg.init_from:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
-        src = Path(cfg.init_from)
-        vae = AutoencoderKL.from_pretrained(src / "vae").float().eval().requires_grad_(False)
-        unet = UNet2DConditionModel.from_pretrained(src / "unet").float()
-        prev = json.loads((src / "training.json").read_text())
-        card = {k: v for k, v in prev.items() if k.startswith("vae_")}
+        vae, card, prev = load_run_vae(cfg.init_from, accelerator.device)
+        unet = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet").float()
         card["continued_from"] = {
             "unet_steps": prev.get("unet_steps"),
             "minutes": prev.get("minutes_total"),
         }
-        vae.to(accelerator.device)
     elif cfg.vae_from:
-        from diffusers import AutoencoderKL
-
-        src = Path(cfg.vae_from)
-        vae = AutoencoderKL.from_pretrained(src / "vae").float().eval().requires_grad_(False)
-        vae.to(accelerator.device)
-        prev = json.loads((src / "training.json").read_text())
-        card = {k: v for k, v in prev.items() if k.startswith("vae_")}
+        vae, card, _ = load_run_vae(cfg.vae_from, accelerator.device)
         card["vae_from_earlier_run"] = True
         unet = build_unet(text_encoder.config.hidden_size)
     else:

@@ -100,3 +100,19 @@ def chromium_path() -> str:
             pytest.fail("CI must install Debian's chromium (see .ci/run)")
         pytest.skip("no chromium on this machine (apt-get install -y chromium)")
     return path
+
+
+@pytest.fixture(scope="session")
+def sd_tokenizers(tmp_path_factory):
+    """SD 1.x-style (pads with end-of-text) and SDXL tokenizer_2-style (pads with "!")."""
+    from transformers import AutoTokenizer
+
+    from feedback.convert import write_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("sdtok")
+    one = write_clip_tokenizer(folder)
+    one.model_max_length = 77
+    two = AutoTokenizer.from_pretrained(folder, pad_token="!")
+    two.model_max_length = 77
+    assert one.pad_token_id != two.pad_token_id
+    return {"sd": one, "sdxl_2": two}

@@ -8,7 +8,6 @@ import torch
 
 from feedback import MisalignmentDetector, align_words
 from feedback.backends import OpenClipBackend
-from feedback.convert import write_clip_tokenizer
 from generation import FeedbackPipeline, LoopConfig, to_a1111, to_compel, token_indices
 
 PROMPT = "a small red circle, left of a big blue astronautically square..."
@@ -65,10 +64,8 @@ def _unet(**kw):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    tok = write_clip_tokenizer(tmp_path_factory.mktemp("tok"))
-    tok.model_max_length = 77
-    return tok
+def tokenizer(sd_tokenizers):
+    return sd_tokenizers["sd"]
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +88,10 @@ def sd_pipe(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def sdxl_pipe(tmp_path_factory):
+def sdxl_pipe(sd_tokenizers):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import AutoTokenizer
 
-    folder = tmp_path_factory.mktemp("tok2")
-    tok = write_clip_tokenizer(folder)
-    tok.model_max_length = 77
-    tok2 = AutoTokenizer.from_pretrained(folder, pad_token="!")
-    tok2.model_max_length = 77
+    tok, tok2 = sd_tokenizers["sd"], sd_tokenizers["sdxl_2"]
     unet = _unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,

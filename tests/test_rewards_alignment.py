@@ -9,22 +9,7 @@ import torch
 
 from feedback import MisalignmentDetector
 from feedback.alignment import align_words
-from feedback.convert import write_clip_tokenizer
 from feedback.rewards import FeedbackReward, RewardConfig
-
-
-@pytest.fixture(scope="module")
-def sd_tokenizers(tmp_path_factory):
-    """SD 1.x-style (pads with end-of-text) and SDXL tokenizer_2-style (pads with "!")."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("sdtok")
-    one = write_clip_tokenizer(folder)
-    one.model_max_length = 77
-    two = AutoTokenizer.from_pretrained(folder, pad_token="!")
-    two.model_max_length = 77
-    assert one.pad_token_id != two.pad_token_id
-    return {"sd": one, "sdxl_2": two}
 
 
 def _piece_text(tok, ids):
