@@ -1,17 +1,19 @@
 """Does the feedback loop make images that satisfy their prompts? Judged by the ShapesWorld
 oracle on held-out prompts, every strategy at the same image budget per prompt.
 
-    python benchmarks/loop_faithfulness.py [--n 300] [--budget 4] [--ae-n 60] [--json out.json]
+    python benchmarks/loop_faithfulness.py [--n 300] [--budget 4] [--ae-n 60] \
+        [--detector shapes-tiny-gen] [--json out.json]
 
-Strategies (shipped `shapes-sd-tiny` + `shapes-tiny` detector at its card's threshold; prompt i
-uses seeds 1000 i, 1000 i + 1, ... so every strategy starts from the same first image):
-single sample; best-of-N by CLIPScore (what people do today); best-of-N by F-CLIPScore; the
-re-weighting loop (new seeds / the kept image's seed); a combination (2 samples, then 2
-re-weighted ones); automatic Attend-and-Excite (first --ae-n prompts, it is slow); and as
-ceilings the re-weighting loop driven by the oracle's own word verdicts, and "any of the N plain
+Strategies (shipped `shapes-sd-tiny`, the detector at the eps the pipeline's card calibrated
+for it on generated images; prompt i uses seeds 1000 i, 1000 i + 1, ... so every strategy
+starts from the same first image): single sample; best-of-N by CLIPScore (what people do
+today) and by F-CLIPScore; the re-weighting loop; per-phrase guidance (the object phrase
+holding a flagged word gets its own guidance term); each fix after 2 plain samples; each
+without the early stop; automatic Attend-and-Excite (first --ae-n prompts, it is slow); and as
+ceilings the same loops driven by the oracle's own word verdicts, and "any of the N plain
 samples is right". Reports whole-prompt satisfaction per prompt kind with a paired bootstrap
-95% interval against best-of-N by CLIPScore, word-kind accuracy, how often a word the detector
-flags is one the oracle finds wrong, and the share of loop time spent on feedback.
+95% interval against best-of-N by CLIPScore, word-kind accuracy, the detector's false alarms
+and recall per word kind on the plain samples, and the share of loop time spent on feedback.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def main():
     p.add_argument("--budget", type=int, default=4, help="images per prompt")
     p.add_argument("--ae-n", type=int, default=60, help="prompts for Attend-and-Excite")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--detector", default="shapes-tiny", help="shipped detector name or path")
     p.add_argument(
         "--threshold",
         type=float,
@@ -124,10 +127,11 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
-    card = MisalignmentDetector.from_pretrained("shapes-tiny").config.threshold
-    eps = args.threshold if args.threshold is not None else (loop_threshold() or card)
-    det = MisalignmentDetector.from_pretrained("shapes-tiny", threshold=eps)
-    print(f"detector eps {eps:.5f} (detector card's eps {card:.5f})")
+    card = MisalignmentDetector.from_pretrained(args.detector).config.threshold
+    cal = loop_threshold(detector=args.detector)
+    eps = args.threshold if args.threshold is not None else (cal or card)
+    det = MisalignmentDetector.from_pretrained(args.detector, threshold=eps)
+    print(f"detector {args.detector}, eps {eps:.5f} (detector card's eps {card:.5f})")
     oracle_det = OracleDetector(det.backend, det.config)
     prompts = prompt_set(args.n)
     n_obj = np.array([p.n_objects for p in prompts])
@@ -142,6 +146,7 @@ def main():
     rows = {k: [] for k in ("single", "bon_clip", "bon_fclip", "bon_fclip_card", "any")}
     jrows = {k: [] for k in ("single", "bon_clip", "bon_fclip")}
     flagged = flagged_wrong = wrong_total = wrong_caught = 0
+    per_kind: dict[str, list[int]] = {}  # kind -> [right, right flagged, wrong, wrong flagged]
     for i, pr in enumerate(tqdm(prompts, desc="plain samples")):
         plain.config.seed = 1000 * i
         h = plain(pr.text, **GEN).history[0]
@@ -175,24 +180,31 @@ def main():
                 flagged_wrong += w.misaligned and wrong
                 wrong_total += wrong
                 wrong_caught += w.misaligned and wrong
+                c = per_kind.setdefault(v.kind, [0, 0, 0, 0])
+                c[2 * wrong] += 1
+                c[2 * wrong + 1] += bool(w.misaligned)
     for k, v in rows.items():
         results[k] = np.array(v)
     judgements.update(jrows)
 
+    def cfg(strategy, **kw):
+        return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
+
     loops = {
-        "reweight (new seeds)": (det, LoopConfig(strategy="reweight", max_images=N)),
-        "reweight (same seed)": (det, LoopConfig(strategy="reweight", max_images=N, reseed=False)),
-        "2 samples + reweight": (
-            det,
-            LoopConfig(strategy="reweight", max_images=N, samples_per_round=2),
-        ),
-        "oracle-driven reweight": (oracle_det, LoopConfig(strategy="reweight", max_images=N)),
+        "resample until aligned": (det, cfg("resample")),
+        "reweight": (det, cfg("reweight")),
+        "phrase guidance": (det, cfg("phrase_guidance")),
+        "2 samples + reweight": (det, cfg("reweight", samples_per_round=2)),
+        "2 samples + phrase guidance": (det, cfg("phrase_guidance", samples_per_round=2)),
         # Without the stop rule every prompt gets the whole budget: what the loop adds when a
         # weak detector's "nothing is misaligned" is not trusted.
-        "reweight, no early stop": (
+        "reweight, no early stop": (det, cfg("reweight", stop_when_aligned=False)),
+        "phrase guidance, no early stop": (
             det,
-            LoopConfig(strategy="reweight", max_images=N, stop_when_aligned=False),
+            cfg("phrase_guidance", stop_when_aligned=False),
         ),
+        "oracle-driven reweight": (oracle_det, cfg("reweight")),
+        "oracle-driven phrase guidance": (oracle_det, cfg("phrase_guidance")),
     }
     if args.only:
         loops = {k: v for k, v in loops.items() if any(o in k for o in args.only)}
@@ -217,11 +229,7 @@ def main():
             FeedbackPipeline(
                 pipe,
                 MisalignmentDetector(det.backend, det.config),
-                LoopConfig(
-                    strategy="attend_and_excite",
-                    max_images=N,
-                    stop_when_aligned=not args.ae_no_stop,
-                ),
+                cfg("attend_and_excite", stop_when_aligned=not args.ae_no_stop),
             )
         )
         ok = []
@@ -272,6 +280,20 @@ def main():
             )
             + " |"
         )
+    print("\nDetector on plain samples, per word kind (false alarms: right words flagged):\n")
+    print(
+        "| word kind | right words | false alarms | wrong words | caught |\n|---|---|---|---|---|"
+    )
+    kinds_json = {}
+    for k in sorted(per_kind):
+        r, rf, w, wf = per_kind[k]
+        kinds_json[k] = {
+            "false_alarm": rf / max(r, 1),
+            "recall": wf / max(w, 1),
+            "n_right": r,
+            "n_wrong": w,
+        }
+        print(f"| {k} | {r} | {100 * rf / max(r, 1):.1f}% | {w} | {100 * wf / max(w, 1):.1f}% |")
     prec = flagged_wrong / max(flagged, 1)
     rec = wrong_caught / max(wrong_total, 1)
     print(
@@ -291,6 +313,10 @@ def main():
                     "table": table,
                     "flag_precision": prec,
                     "flag_recall": rec,
+                    "per_kind": kinds_json,
+                    "detector": args.detector,
+                    "eps": eps,
+                    "budget": N,
                     "time_share": {
                         k: c.feedback / max(c.feedback + c.generation, 1e-9)
                         for k, c in clocks.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-STRATEGIES = ("best_of_n", "reweight", "attend_and_excite")
+STRATEGIES = ("best_of_n", "resample", "reweight", "phrase_guidance", "attend_and_excite")
 
 
 @dataclass
@@ -12,7 +12,13 @@ class LoopConfig:
     """How the feedback loop spends its image budget on one prompt.
 
     strategy: "best_of_n" (one round of `max_images` samples, keep the best),
-        "reweight" (raise the weights of misaligned words, regenerate) or
+        "resample" (new seeds, same prompt, until the detector finds nothing misaligned or
+        the budget is spent: best-of-N that stops early, the control for every fix below),
+        "reweight" (raise the weights of misaligned words, regenerate),
+        "phrase_guidance" (give the object phrase holding a misaligned word its own guidance
+        term, composable-diffusion style, and regenerate; words between phrases, such as
+        relations, and prompts of one phrase are re-weighted instead; see
+        `generation.guidance` and `generation.phrases`) or
         "attend_and_excite" (hand the misaligned words to Attend-and-Excite, regenerate).
     max_images: image budget per prompt (all rounds together).
     max_rounds: round budget per prompt (round 0 is the plain generation).
@@ -27,6 +33,9 @@ class LoopConfig:
         detector's threshold decides: use a calibrated one, or correct images get "fixed").
     select_from_all_rounds: return the best image the loop made (by F-CLIPScore, ties by
         CLIPScore) rather than the last round's best.
+    phrase_step: in "phrase_guidance", a phrase's guidance weight (relative to the pipeline's
+        guidance scale; starts at 0) grows by this each round one of its words is flagged, ...
+    max_phrase_weight: ... up to this.
     ae_max_iter_to_alter, ae_scale_factor: Attend-and-Excite's own knobs.
     seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
     """
@@ -40,6 +49,8 @@ class LoopConfig:
     reseed: bool = True
     stop_when_aligned: bool = True
     select_from_all_rounds: bool = True
+    phrase_step: float = 0.5
+    max_phrase_weight: float = 1.5
     ae_max_iter_to_alter: int = 25
     ae_scale_factor: float = 20.0
     seed: int = 0
@@ -53,6 +64,11 @@ class LoopConfig:
                 raise ValueError(f"{name} must be a positive integer (the budget), got {v!r}")
         if not 1.0 <= self.max_weight <= 10.0:
             raise ValueError(f"max_weight must lie in [1, 10], got {self.max_weight}")
+        if self.phrase_step <= 0 or self.max_phrase_weight < 0:
+            raise ValueError(
+                "phrase_step must be > 0 and max_phrase_weight >= 0, got "
+                f"{self.phrase_step}, {self.max_phrase_weight}"
+            )
         if self.weight_step <= 0:
             raise ValueError(f"weight_step must be > 0, got {self.weight_step}")
 

@@ -19,6 +19,9 @@ class RoundRecord:
     weights: the per-word weights used (1 = unchanged), aligned with the report's words.
     prompt_a1111 / prompt_compel: the same weights as prompt syntax (for other tools).
     token_indices: the Attend-and-Excite indices used (positions, start-of-text = 0).
+    phrases / phrase_weights: the prompt's object phrases and the per-phrase guidance weight
+        each had this round (relative to the guidance scale; 0 = no term), "phrase_guidance"
+        only.
     """
 
     round: int
@@ -30,6 +33,8 @@ class RoundRecord:
     prompt_a1111: str
     prompt_compel: str
     token_indices: list[int] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
+    phrase_weights: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}

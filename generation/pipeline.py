@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 
 import torch
 
@@ -18,7 +19,9 @@ from feedback.detector import reports_from_output
 
 from .attend_excite import attention_resolution, build_attend_and_excite, token_indices
 from .config import LoopConfig
+from .guidance import phrase_guidance
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
+from .phrases import raise_phrase_weights, split_phrases, word_phrases
 from .selection import best_in_rounds, best_index
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
 
@@ -202,6 +205,11 @@ class FeedbackPipeline:
         prompts = self.check_inputs(prompt, negative_prompt, output_type)
         cfg = self.config
         per_round = num_images_per_prompt or cfg.samples_per_round
+        if cfg.strategy == "phrase_guidance" and guidance_scale <= 1:
+            raise ValueError(
+                "strategy 'phrase_guidance' adds guidance terms, so it needs classifier-free "
+                f"guidance: pass guidance_scale > 1 (got {guidance_scale})"
+            )
         if generator is not None:
             base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         else:
@@ -221,7 +229,9 @@ class FeedbackPipeline:
             yield from self._rounds(p, neg, base + 100_003 * j, per_round, call_kw)
 
     # ------------------------------------------------------------------ internals
-    def _generate(self, prompt, neg, seeds, weights, words, fix, indices, call_kw) -> torch.Tensor:
+    def _generate(
+        self, prompt, neg, seeds, weights, words, fix, indices, call_kw, phrases=(), pweights=()
+    ) -> torch.Tensor:
         dev = self.pipe.device
         gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         if fix == "attend_and_excite" and indices:
@@ -247,14 +257,20 @@ class FeedbackPipeline:
                 self.pipe.unet.set_attn_processor(saved)
             return out.images
         emb = self.encode(prompt, words, weights)
-        out = self.pipe(
-            negative_prompt=neg,
-            num_images_per_prompt=len(seeds),
-            generator=gens,
-            output_type="pt",
-            **emb,
-            **call_kw,
+        ph = (
+            torch.cat([self.encode(p.text)["prompt_embeds"] for p in phrases])
+            if any(pweights)
+            else None
         )
+        with phrase_guidance(self.pipe, ph, pweights) if ph is not None else nullcontext():
+            out = self.pipe(
+                negative_prompt=neg,
+                num_images_per_prompt=len(seeds),
+                generator=gens,
+                output_type="pt",
+                **emb,
+                **call_kw,
+            )
         return out.images
 
     def _rounds(self, prompt, neg, base, per_round, call_kw):
@@ -267,23 +283,29 @@ class FeedbackPipeline:
         best: tuple[int, int] | None = None
         used, next_seed, stopped = 0, base, "max_rounds"
         fix, indices = "plain", []
+        phrases = split_phrases(prompt) if cfg.strategy == "phrase_guidance" else []
+        pweights = [0.0] * len(phrases)
+        word_phrase: list[int | None] = []
         for r in range(cfg.max_rounds if cfg.strategy != "best_of_n" else 1):
             n = budget - used if cfg.strategy == "best_of_n" else min(per_round, budget - used)
             if n <= 0:
                 stopped = "max_images"
                 break
-            if r == 0 or cfg.reseed or best is None:
+            if r == 0 or cfg.reseed or best is None or cfg.strategy == "resample":
                 seeds = list(range(next_seed, next_seed + n))
                 next_seed += n
             else:
                 s0 = rounds[best[0]].seeds[best[1]]
                 seeds = [s0 + 7919 * k for k in range(n)]
-            images = self._generate(prompt, neg, seeds, weights, words, fix, indices, call_kw)
+            images = self._generate(
+                prompt, neg, seeds, weights, words, fix, indices, call_kw, phrases, pweights
+            )
             out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
             reports = reports_from_output(out)
             if words is None:
                 words = out.words[0]
                 weights = [1.0] * len(words)
+                word_phrase = word_phrases(words, phrases)
             rec = RoundRecord(
                 r,
                 fix,
@@ -294,6 +316,8 @@ class FeedbackPipeline:
                 to_a1111(prompt, words, weights),
                 to_compel(prompt, words, weights),
                 list(indices),
+                [p.text for p in phrases],
+                list(pweights),
             )
             rounds.append(rec)
             used += n
@@ -314,12 +338,25 @@ class FeedbackPipeline:
             # The fix targets the words the kept image still gets wrong.
             flags = [w.misaligned for w in chosen.words]
             scores = [w.score for w in chosen.words]
-            if cfg.strategy == "reweight":
-                fix = "reweight"
+            if cfg.strategy == "resample":
+                fix = "resample"
+            elif cfg.strategy in ("reweight", "phrase_guidance"):
+                fix, reweight = "reweight", flags
+                if cfg.strategy == "phrase_guidance" and len(phrases) >= 2:
+                    fix = "phrase_guidance"
+                    pweights = raise_phrase_weights(
+                        pweights,
+                        word_phrase,
+                        flags,
+                        step=cfg.phrase_step,
+                        max_weight=cfg.max_phrase_weight,
+                    )
+                    # Words between phrases (relations) have no phrase to guide: re-weight.
+                    reweight = [f and k is None for f, k in zip(flags, word_phrase)]
                 weights = raise_weights(
                     weights,
                     scores,
-                    flags,
+                    reweight,
                     threshold=det.config.threshold,
                     step=cfg.weight_step,
                     max_weight=cfg.max_weight,

@@ -111,14 +111,30 @@ def main(cfg: PackageConfig) -> dict:
     (dst / "clip4dm.json").write_text(json.dumps(card, indent=2))
     mcfg = json.loads((dst / "open_clip_config.json").read_text())["model_cfg"]
     size_mb = (dst / "open_clip_model.safetensors").stat().st_size / 2**20
-    lines = [
-        "# shapes-tiny: a CLIP trained from scratch on ShapesWorld",
-        "",
-        "Trained by `recipes/train_shapes_clip.py` (contrastive loss on freshly rendered 32 px",
-        "scenes, 3 hard-negative foils per image covering color/shape/size/position/object swap,",
-        "blur and palette-shift augmentation), CLIP's real BPE tokenizer, fp16 safetensors",
-        f"({size_mb:.1f} MB, mostly the 49,408-row token table).",
-        "",
+    if training.get("init_from"):
+        intro = [
+            f"# {dst.name}: shapes-tiny fine-tuned for generated images",
+            "",
+            f"Fine-tuned from `{Path(training['init_from']).name}` by",
+            "`recipes/train_shapes_clip.py --init-from ... --generated-pool ...`: half of every",
+            "batch is rendered scenes (as before), half is images the shipped `shapes-sd-tiny`",
+            "generated (`recipes/generate_shapes_pool.py`), each with the true caption the pixel",
+            "oracle reads from it and, when the oracle finds the image wrong, the prompt it was",
+            "generated from as a hard negative (the generator's own mistake). fp16 safetensors",
+            f"({size_mb:.1f} MB). `shapes-tiny` stays loadable as it was.",
+            "",
+        ]
+    else:
+        intro = [
+            f"# {dst.name}: a CLIP trained from scratch on ShapesWorld",
+            "",
+            "Trained by `recipes/train_shapes_clip.py` (contrastive loss on freshly rendered 32",
+            "px scenes, 3 hard-negative foils per image covering color/shape/size/position/object",
+            "swap, blur and palette-shift augmentation), CLIP's real BPE tokenizer, fp16",
+            f"safetensors ({size_mb:.1f} MB, mostly the 49,408-row token table).",
+            "",
+        ]
+    lines = intro + [
         f"- architecture: ViT {mcfg['vision_cfg']['image_size']} px / patch "
         f"{mcfg['vision_cfg']['patch_size']}, {mcfg['vision_cfg']['layers']} layers; text "
         f"{mcfg['text_cfg']['layers']} layers x {mcfg['text_cfg']['width']}, context "
@@ -131,7 +147,7 @@ def main(cfg: PackageConfig) -> dict:
         "- CLIP4DM LA on validation foils by K: "
         + ", ".join(f"K={k} {v:.3f}" for k, v in la_by_k.items()),
         f"- recommended: layers={best_k}, threshold={best_eps:g} (applied by "
-        "`from_pretrained('shapes-tiny')` unless overridden)",
+        f"`from_pretrained('{dst.name}')` unless overridden)",
         "",
         "Measured by `recipes/package_shapes_clip.py` on the validation split (seed "
         f"{VALIDATION_SEED}); the README's table uses the separate test split.",

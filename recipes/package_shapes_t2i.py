@@ -119,7 +119,9 @@ def _cell(v: float | None) -> str:
 
 def write_readme(dest: Path, card: dict) -> None:
     """The model card's README from `model_card.json`'s content."""
-    training, metrics, loop = card["training"], card["validation"], card["loop_threshold"]
+    training, metrics = card["training"], card["validation"]
+    loops = {card["loop_threshold"]["detector"]: card["loop_threshold"]}
+    loops.update(card.get("loop_thresholds") or {})
     cfg = card["sampling"]
     one, two = metrics["1_object"], metrics["2_object"]
     (dest / "README.md").write_text(
@@ -147,13 +149,17 @@ def write_readme(dest: Path, card: dict) -> None:
             + " |\n"
             for name, m in (("one object", one), ("two objects", two))
         )
-        + f"\nLoop stop rule: with `{loop['detector']}`, eps = {loop['threshold']:.5f} "
-        f"(calibrated on these generated images: {100 * loop['false_flag_rate']:.0f}% of the "
-        f"{loop['n_right']} fully right images get a word flagged; it flags the wrong word on "
-        f"{100 * loop['foil_recall']:.0f}% of the {loop['n_wrong']} wrong ones and some word on "
-        f"{100 * loop['foil_detection']:.0f}% of them). For comparison the detector card's eps, "
-        f"calibrated on rendered scenes, is {loop['card_threshold']:.5f}. `clip4dm demo` and "
-        "`clip4dm generate` use this eps unless `--threshold` is given.\n"
+        + "\nLoop stop rule, per detector: eps calibrated on these generated images so that "
+        "about 10% of the fully right images get a word flagged (`recipes/calibrate_loop.py`); "
+        "`clip4dm demo` and `clip4dm generate` use it unless `--threshold` is given.\n\n"
+        "| detector | eps | right images flagged | wrong word flagged | wrong images with a "
+        "flag | detector card's eps (rendered scenes) |\n|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| `{name}` | {c['threshold']:.5f} | {100 * c['false_flag_rate']:.0f}% of "
+            f"{c['n_right']} | {100 * c['foil_recall']:.0f}% of {c['n_wrong']} | "
+            f"{100 * c['foil_detection']:.0f}% | {c['card_threshold']:.5f} |\n"
+            for name, c in loops.items()
+        )
     )
 
 

@@ -5,6 +5,13 @@ Usage (CPU; add --num_processes N on more devices):
     accelerate launch --cpu --num_processes 1 recipes/train_shapes_clip.py \
         --output-dir runs/shapes-tiny --steps 6000 --max-minutes 80
 
+Fine-tuning for generated images (`shapes-tiny-gen`): start from the shipped model and mix in
+an oracle-labelled pool from `recipes/generate_shapes_pool.py`:
+
+    accelerate launch --cpu --num_processes 1 recipes/train_shapes_clip.py \
+        --output-dir runs/shapes-tiny-gen --init-from shapesworld/weights/shapes-tiny \
+        --generated-pool runs/pool --steps 2500 --lr 3e-4 --warmup 100 --max-minutes 30
+
 Every batch is freshly rendered (no dataset on disk). Each image comes with its true caption
 and `foils_per_image` hard negatives of different word kinds. The model is an open_clip `CLIP`
 with CLIP's real BPE tokenizer. Checkpoints (`accelerator.save_state`) go to
@@ -26,13 +33,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from feedback.backends import OpenClipBackend, text_forward
 from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
 from shapesworld import Degradation
-from shapesworld.data import MEAN, STD, make_batch
+from shapesworld.data import MEAN, STD, concat_batches, make_batch, pool_batch
+from shapesworld.generated import load_pool
 
 
 def default_model_cfg() -> dict:
@@ -82,6 +90,15 @@ class TrainConfig:
     export_every: int = 500
     resume: bool = False
     threads: int = 2
+    init_from: str = ""
+    """Start from an exported model folder (e.g. shapesworld/weights/shapes-tiny) instead of
+    from scratch; its model config replaces --model-cfg."""
+    generated_pool: str = ""
+    """A folder from recipes/generate_shapes_pool.py: mix oracle-labelled generated images
+    (true caption from the pixels; the generator's failed prompt as a hard negative) into every
+    batch."""
+    generated_fraction: float = 0.5
+    """Share of each batch drawn from --generated-pool."""
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
@@ -146,7 +163,13 @@ def main(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        init = Path(cfg.init_from)
+        cfg.model_cfg = json.loads((init / "open_clip_config.json").read_text())["model_cfg"]
     model = open_clip.model.CLIP(**cfg.model_cfg)
+    if cfg.init_from:
+        state = load_file(init / "open_clip_model.safetensors")
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     tokenizer = open_clip.tokenizer.SimpleTokenizer(
         context_length=cfg.model_cfg["text_cfg"]["context_length"]
     )
@@ -177,6 +200,8 @@ def main(cfg: TrainConfig) -> dict:
         step = json.loads((ckpt / "step.json").read_text())["step"]
     rng = np.random.default_rng([cfg.seed, accelerator.process_index, step])
     degradation = Degradation(p=cfg.degradation_p)
+    pool = load_pool(cfg.generated_pool) if cfg.generated_pool else None
+    n_gen = round(cfg.batch_size * cfg.generated_fraction) if pool is not None else 0
     token_cache: dict[str, torch.Tensor] = {}
 
     def tokenize(texts: list[str]) -> torch.Tensor:
@@ -196,11 +221,15 @@ def main(cfg: TrainConfig) -> dict:
     while step < cfg.steps:
         batch = make_batch(
             rng,
-            cfg.batch_size,
+            cfg.batch_size - n_gen,
             foils_per_image=cfg.foils_per_image,
             resolution=cfg.resolution,
             degradation=degradation,
         )
+        if n_gen:
+            batch = concat_batches(
+                batch, pool_batch(rng, *pool, n_gen, foils_per_image=cfg.foils_per_image)
+            )
         texts = batch.captions + [f for fs in batch.foils for f in fs]
         images = batch.images.to(accelerator.device)
         ids = tokenize(texts).to(accelerator.device)
@@ -252,11 +281,11 @@ def main(cfg: TrainConfig) -> dict:
             if accelerator.is_main_process:
                 (ckpt / "step.json").write_text(json.dumps({"step": step}))
         if accelerator.is_main_process and (step % cfg.export_every == 0 or timed_out):
-            export(model, cfg, out / "export", _summary(step, t0, running, kinds_seen))
+            export(model, cfg, out / "export", _summary(step, t0, running, kinds_seen, cfg))
         if timed_out:
             break
     bar.close()
-    summary = _summary(step, t0, running, kinds_seen)
+    summary = _summary(step, t0, running, kinds_seen, cfg)
     summary["process_index"] = accelerator.process_index
     summary["num_processes"] = accelerator.num_processes
     summary["weights_digest"] = weights_digest(model)
@@ -265,8 +294,13 @@ def main(cfg: TrainConfig) -> dict:
     return summary
 
 
-def _summary(step, t0, running, kinds_seen) -> dict:
+def _summary(step, t0, running, kinds_seen, cfg=None) -> dict:
     return {
+        **(
+            {"init_from": cfg.init_from, "generated_pool": cfg.generated_pool, "lr": cfg.lr}
+            if cfg is not None and cfg.init_from
+            else {}
+        ),
         "steps": step,
         "minutes_this_run": round((time.time() - t0) / 60, 2),
         **{k: round(v, 4) for k, v in running.items()},

@@ -148,3 +148,22 @@ def parse_caption(text: str) -> tuple[list[str], list[ParsedPhrase], list[Parsed
         elif before >= 0:
             relations.append(ParsedRelation(i, w, before, None))
     return words, phrases, relations
+
+
+def caption_from_text(text: str) -> Caption:
+    """A `Caption` read back from grammar text (e.g. a prompt): word kinds from the
+    vocabulary, and each attribute word bound to its phrase (numbered in text order; a
+    position word to its subject phrase), which is what foils and object swaps need."""
+    words, phrases, relations = parse_caption(text)
+    obj: dict[int, int] = {}
+    for k, p in enumerate(phrases):
+        for i in (p.color, p.shape, p.size):
+            if i is not None:
+                obj[i] = k
+    for r in relations:
+        obj[r.word] = r.subject
+    pieces = [(w, obj.get(i)) for i, (w, _, _) in enumerate(caption_words(text))]
+    cap = build_caption(pieces)
+    if cap.text != text:
+        raise ValueError(f"not a single-spaced grammar caption: {text!r}")
+    return cap

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .captions import describe
+from .captions import Caption, caption_from_text, describe
 from .foils import foil_kinds, make_foil, swap_objects
 from .render import Degradation, render_scene
 from .scenes import sample_scene
@@ -29,6 +30,16 @@ class ShapesBatch:
     captions: list[str]
     foils: list[list[str]]
     foil_kinds: list[list[str]]
+
+
+def concat_batches(a: ShapesBatch, b: ShapesBatch) -> ShapesBatch:
+    """One batch of `a`'s examples followed by `b`'s."""
+    return ShapesBatch(
+        torch.cat([a.images, b.images]),
+        a.captions + b.captions,
+        a.foils + b.foils,
+        a.foil_kinds + b.foil_kinds,
+    )
 
 
 def to_tensor(images, mean=MEAN, std=STD) -> torch.Tensor:
@@ -82,24 +93,77 @@ def make_batch(
         img = render_scene(scene, resolution)
         if degradation is not None:
             img = degradation(img, rng)
-        options: list[tuple[str, str]] = [(k, "") for k in foil_kinds(cap)]
-        swapped = swap_objects(cap)
-        if swapped:
-            options.append(("swap", swapped))
-        order = rng.permutation(len(options))
-        chosen = [options[i] for i in order[:foils_per_image]]
-        while len(chosen) < foils_per_image:
-            chosen.append(options[int(rng.integers(len(options)))])
-        prefix = template if rng.random() < p_template else ""
-        suffix = " ." if rng.random() < p_period else ""
-        f_texts, f_kinds = [], []
-        for kind, text in chosen:
-            if kind != "swap":
-                text = make_foil(cap, rng, kind).foil
-            f_texts.append(prefix + text + suffix)
-            f_kinds.append(kind)
+        caption, f_texts, f_kinds = _with_foils(
+            cap, rng, foils_per_image, template, p_template, p_period
+        )
         images.append(img)
-        captions.append(prefix + cap.text + suffix)
+        captions.append(caption)
         foils.append(f_texts)
         kinds.append(f_kinds)
     return ShapesBatch(to_tensor(images), captions, foils, kinds)
+
+
+def _with_foils(
+    cap: Caption,
+    rng: np.random.Generator,
+    foils_per_image: int,
+    template: str,
+    p_template: float,
+    p_period: float,
+    first: list[tuple[str, str]] = (),
+) -> tuple[str, list[str], list[str]]:
+    """(caption, foils, foil kinds) with the same random template prefix and final period on
+    all; `first` are (kind, text) negatives that come before the drawn ones."""
+    options: list[tuple[str, str]] = [(k, "") for k in foil_kinds(cap)]
+    swapped = swap_objects(cap)
+    if swapped:
+        options.append(("swap", swapped))
+    order = rng.permutation(len(options))
+    chosen = list(first)[:foils_per_image]
+    chosen += [options[i] for i in order[: foils_per_image - len(chosen)]]
+    while len(chosen) < foils_per_image:
+        chosen.append(options[int(rng.integers(len(options)))])
+    prefix = template if rng.random() < p_template else ""
+    suffix = " ." if rng.random() < p_period else ""
+    f_texts, f_kinds = [], []
+    for kind, text in chosen:
+        if not text:
+            text = make_foil(cap, rng, kind).foil
+        f_texts.append(prefix + text + suffix)
+        f_kinds.append(kind)
+    return prefix + cap.text + suffix, f_texts, f_kinds
+
+
+def pool_batch(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: list,
+    batch_size: int,
+    *,
+    foils_per_image: int = 3,
+    template: str = "A photo depicts ",
+    p_template: float = 0.5,
+    p_period: float = 0.1,
+) -> ShapesBatch:
+    """A batch from a generated pool (`shapesworld.generated.load_pool`): each image with the
+    true caption the oracle read from it, and as the first foil the prompt it was generated
+    from when the oracle finds the image wrong (kind "generated": the generator's own
+    mistake); the other foils are drawn as in `make_batch`. Only images the grammar can
+    describe are used."""
+    usable = [i for i, x in enumerate(labels) if x.true_caption is not None]
+    if not usable:
+        raise ValueError("no image of the pool has a true caption")
+    pick = rng.choice(usable, size=batch_size)
+    pils, captions, foils, kinds = [], [], [], []
+    for i in pick:
+        x = labels[int(i)]
+        cap = caption_from_text(x.true_caption)
+        first = [] if x.right or x.prompt == x.true_caption else [("generated", x.prompt)]
+        caption, f_texts, f_kinds = _with_foils(
+            cap, rng, foils_per_image, template, p_template, p_period, first
+        )
+        pils.append(Image.fromarray(images[int(i)]))
+        captions.append(caption)
+        foils.append(f_texts)
+        kinds.append(f_kinds)
+    return ShapesBatch(to_tensor(pils), captions, foils, kinds)

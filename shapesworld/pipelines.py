@@ -91,10 +91,21 @@ def word_kind_accuracy(judgements) -> dict[str, float]:
 def loop_threshold(name: str = PIPELINE_NAME, detector: str = "shapes-tiny") -> float | None:
     """The stop-rule eps the pipeline's card calibrated for `detector` on generated images
     (None when the card has none for that detector)."""
+    cal = loop_calibration(name, detector)
+    return cal.get("threshold") if cal else None
+
+
+def loop_calibration(name: str = PIPELINE_NAME, detector: str = "shapes-tiny") -> dict | None:
+    """The card's whole calibration of `detector` on the pipeline's generated images (eps,
+    false alarms, recall), or None."""
     import json
 
     card = pipeline_path(name) / "model_card.json"
     if not card.is_file():
         return None
-    cal = json.loads(card.read_text()).get("loop_threshold") or {}
-    return cal.get("threshold") if cal.get("detector") == detector else None
+    data = json.loads(card.read_text())
+    cals = dict(data.get("loop_thresholds") or {})
+    first = data.get("loop_threshold") or {}
+    if first.get("detector"):
+        cals.setdefault(first["detector"], first)
+    return cals.get(detector)

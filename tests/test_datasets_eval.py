@@ -483,3 +483,82 @@ def test_occlusion_method(tiny_open_clip_dir, images):
     short = caption[: w.start] + caption[w.end + 1 :]
     without = grad(image, short).cosine
     assert w.score == pytest.approx(rep.cosine - without, abs=1e-5)
+
+
+def _labelled(tmp_path, n=12):
+    """Labelled 'generated' images: ShapesWorld scenes with true captions (right) and
+    foils (wrong, with the foiled word named)."""
+    from shapesworld import foil_set
+
+    rows = []
+    for i, ex in enumerate(foil_set(n, seed=5)):
+        ex.image().save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "caption": ex.caption.text, "right": True})
+        rows.append(
+            {
+                "image": f"{i}.png",
+                "caption": ex.foil.foil,
+                "right": False,
+                "wrong_words": [ex.foil.foil_word],
+            }
+        )
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def test_calibrate_on_labelled_generated_images(tmp_path, capsys):
+    from feedback.eval.calibration import load_labelled, lowest_eligible_score
+
+    path, rows = _labelled(tmp_path)
+    samples = load_labelled(path)
+    assert [s.is_original for s in samples] == [r["right"] for r in rows]
+    s = samples[1]
+    # every occurrence of a named wrong word counts
+    assert {s.caption[a:b] for a, b in s.foil_spans} == set(rows[1]["wrong_words"])
+    out = tmp_path / "cal.json"
+    code = main(
+        [
+            "calibrate",
+            "--data",
+            str(path),
+            "--model",
+            "shapes-tiny",
+            "--rate",
+            "0.25",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "eps = " in printed and "--threshold" in printed
+    cal = json.loads(out.read_text())
+    det = MisalignmentDetector.from_pretrained("shapes-tiny")
+    right = [x for x in samples if x.is_original]
+    lows = [
+        lowest_eligible_score(r)
+        for r in det.detect([x.image for x in right], [x.caption for x in right])
+    ]
+    flagged = sum(v < cal["threshold"] for v in lows)
+    # the largest eps that flags at most 25% of the right images
+    assert flagged <= 0.25 * len(right) and cal["false_flag_rate"] == flagged / len(right)
+    assert sum(v <= cal["threshold"] for v in lows) > 0.25 * len(right) or cal["threshold"] == 0
+
+
+@pytest.mark.parametrize(
+    "row, expect",
+    [
+        ({"image": "0.png", "caption": "a red circle"}, "missing right"),
+        ({"image": "0.png", "caption": "a red circle", "right": "yes"}, "must be true or false"),
+        (
+            {"image": "0.png", "caption": "a red circle", "right": False, "wrong_words": ["blue"]},
+            "'blue' is not in the caption",
+        ),
+    ],
+)
+def test_calibrate_bad_labels_one_line(row, expect, tmp_path, capsys):
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    code = main(["calibrate", "--data", str(path), "--model", "shapes-tiny"])
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err and "labels.jsonl:1" in err and "Traceback" not in err

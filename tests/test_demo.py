@@ -146,3 +146,14 @@ def test_oracle_judges_only_prompts_in_its_grammar():
     assert not in_grammar("a 🟥 square, big")
     assert not in_grammar("赤い円")
     assert not in_grammar("a red")  # no shape: nothing to judge
+
+
+def test_cli_offers_every_loop_strategy():
+    from feedback.cli.main import build_parser
+    from generation import STRATEGIES
+
+    p = build_parser()
+    for cmd in ("demo", "generate"):
+        sub = p._subparsers._group_actions[0].choices[cmd]
+        (action,) = [a for a in sub._actions if a.dest == "strategy"]
+        assert tuple(action.choices) == STRATEGIES

@@ -9,6 +9,8 @@ import torch
 from feedback import MisalignmentDetector, align_words
 from feedback.backends import OpenClipBackend
 from generation import FeedbackPipeline, LoopConfig, to_a1111, to_compel, token_indices
+from generation.guidance import phrase_guidance
+from generation.phrases import raise_phrase_weights, split_phrases, word_phrases
 
 PROMPT = "a small red circle, left of a big blue astronautically square..."
 
@@ -306,3 +308,156 @@ def test_stream_yields_each_round_then_the_history(sd_pipe, tiny_open_clip_dir):
     assert kinds == ["RoundEvent", "RoundEvent", "PromptHistory"] * 2
     assert isinstance(items[0], RoundEvent) and items[0].prompt == PROMPT
     assert isinstance(items[2], PromptHistory) and items[2].rounds[0] is items[0].record
+
+
+# ---------------------------------------------------------------- per-phrase guidance
+TWO = "a small red circle to the left of a blue square"
+
+
+@pytest.mark.parametrize(
+    "prompt, phrases",
+    [
+        (TWO, ["a small red circle", "a blue square"]),
+        (
+            "a red circle on the left and a blue square on the right",
+            ["a red circle on the left", "a blue square on the right"],
+        ),
+        ("a white cross above a small green triangle", ["a white cross", "a small green triangle"]),
+        ("there is a cyan square", ["there is a cyan square"]),
+        ("a cat, a dog; with (a hat:1.2)...", ["a cat", "a dog", "(a hat:1.2)..."]),
+        ("An astronaut Next To a horse", ["An astronaut", "a horse"]),
+        ("草原の馬と、青い空", ["草原の馬と", "青い空"]),
+    ],
+)
+def test_split_phrases(prompt, phrases):
+    got = split_phrases(prompt)
+    assert [p.text for p in got] == phrases
+    assert all(prompt[p.start : p.end] == p.text for p in got)
+
+
+def test_words_map_to_phrases_and_relations_to_none():
+    from feedback.words import split_words
+
+    words = split_words(TWO)
+    k = word_phrases(words, split_phrases(TWO))
+    by = {w.text: p for w, p in zip(words, k)}
+    assert by["red"] == 0 and by["circle"] == 0 and by["blue"] == 1 and by["square"] == 1
+    assert by["left"] is None and by["of"] is None
+    # a phrase grows once per round, however many of its words are flagged; bounded
+    w = raise_phrase_weights(
+        [0.0, 0.0], k, [x.text in ("red", "circle") for x in words], step=0.5, max_weight=0.75
+    )
+    assert w == [0.5, 0.0]
+    w = raise_phrase_weights(w, k, [x.text == "red" for x in words], step=0.5, max_weight=0.75)
+    assert w == [0.75, 0.0]
+
+
+def _unet_inputs(pipe, sdxl: bool):
+    torch.manual_seed(1)
+    b = 2
+    d = pipe.unet.config.cross_attention_dim
+    x = torch.randn(b, 4, 16, 16)
+    ehs = torch.randn(2 * b, 77, d)
+    kw = {}
+    if sdxl:
+        kw["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2 * b, 32),
+            "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]]).repeat(2 * b, 1),
+        }
+    return x, ehs, kw
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_guidance_adds_one_term_per_phrase(which, sd_pipe, sdxl_pipe):
+    pipe = sd_pipe if which == "sd" else sdxl_pipe
+    unet = pipe.unet
+    x, ehs, kw = _unet_inputs(pipe, which == "sdxl")
+    t = torch.tensor(500)
+    phrases = torch.randn(3, 77, ehs.shape[-1])
+    w = [0.5, 0.0, 1.25]
+    with torch.no_grad():
+        plain = unet(torch.cat([x, x]), t, ehs, return_dict=False, **kw)[0]
+        with phrase_guidance(pipe, phrases, w):
+            got = unet(torch.cat([x, x]), t, ehs, return_dict=False, **kw)[0]
+        unc, cond = plain[:2], plain[2:]
+        want = cond.clone()
+        for k in (0, 2):  # phrase 1 has weight 0: not run at all
+            kk = (
+                {"added_cond_kwargs": {n: v[2:] for n, v in kw["added_cond_kwargs"].items()}}
+                if kw
+                else {}
+            )
+            ek = unet(x, t, phrases[k : k + 1].repeat(2, 1, 1), return_dict=False, **kk)[0]
+            want += w[k] * (ek - unc)
+    torch.testing.assert_close(got[:2], unc, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[2:], want, atol=1e-5, rtol=1e-4)
+    assert "forward" not in unet.__dict__  # the UNet is given back as it was
+
+
+def test_phrase_guidance_loop(sd_pipe, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    cfg = LoopConfig(strategy="phrase_guidance", max_images=3, phrase_step=0.5)
+    calls = []
+    inner = sd_pipe.unet.forward
+    out = FeedbackPipeline(sd_pipe, det, cfg)(
+        [TWO, "a cyan cross"],
+        output_type="pt",
+        callback_on_step_end=lambda p, i, t, kw: calls.append(i) or kw,
+        **GEN,
+    )
+    assert sd_pipe.unet.forward == inner
+    two, one = out.history
+    assert two.rounds[0].phrases == ["a small red circle", "a blue square"]
+    assert two.rounds[0].phrase_weights == [0.0, 0.0] and two.rounds[0].fix == "plain"
+    for prev, cur in zip(two.rounds, two.rounds[1:]):
+        flagged = [w for w in prev.reports[0].words if w.misaligned]
+        assert flagged
+        assert cur.fix == "phrase_guidance"
+        raised = [
+            k for k, (a, b) in enumerate(zip(prev.phrase_weights, cur.phrase_weights)) if b > a
+        ]
+        reweighted = [i for i, (a, b) in enumerate(zip(prev.weights, cur.weights)) if b > a]
+        # each round raises a phrase (attribute words) or re-weights a word between phrases
+        assert raised or reweighted
+        assert all(w <= cfg.max_phrase_weight for w in cur.phrase_weights)
+    # one phrase: the global fix is already local, so the loop re-weights
+    assert one.rounds[0].phrases == ["a cyan cross"]
+    assert [r.fix for r in one.rounds] == ["plain", "reweight", "reweight"]
+    with pytest.raises(ValueError, match="guidance_scale > 1"):
+        FeedbackPipeline(sd_pipe, det, cfg)(TWO, **{**GEN, "guidance_scale": 1.0})
+
+
+def test_phrase_guidance_changes_the_image_only_when_a_phrase_is_weighted(sd_pipe):
+    phrases = split_phrases(TWO)
+    embs = torch.cat([sd_pipe.encode_prompt(p.text, "cpu", 1, False)[0] for p in phrases])
+
+    def run(w):
+        g = torch.Generator().manual_seed(3)
+        with phrase_guidance(sd_pipe, embs, w):
+            return sd_pipe(TWO, generator=g, output_type="pt", **GEN).images
+
+    g = torch.Generator().manual_seed(3)
+    plain = sd_pipe(TWO, generator=g, output_type="pt", **GEN).images
+    assert torch.equal(run([0.0, 0.0]), plain)
+    assert not torch.allclose(run([1.0, 0.0]), plain)
+
+
+def test_resample_is_best_of_n_that_stops_early(sd_pipe, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    seq = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="resample", max_images=3, seed=5))
+    bon = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="best_of_n", max_images=3, seed=5))
+    h = seq(TWO, output_type="pt", **GEN).history[0]
+    b = bon(TWO, output_type="pt", **GEN).history[0]
+    assert [r.fix for r in h.rounds] == ["plain", "resample", "resample"]
+    assert [s for r in h.rounds for s in r.seeds] == b.rounds[0].seeds
+    assert all(w == 1.0 for r in h.rounds for w in r.weights)
+    # the same images as the batched best-of-N, so the same one is kept
+    imgs = torch.cat([r.images for r in h.rounds])
+    torch.testing.assert_close(imgs, b.rounds[0].images, atol=1e-4, rtol=0)
+    assert h.best == (b.best[1], 0)
+    # and it stops as soon as nothing is flagged
+    ok = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e9)
+    h = FeedbackPipeline(sd_pipe, ok, LoopConfig(strategy="resample", max_images=3))(
+        TWO, **GEN
+    ).history[0]
+    assert h.num_images == 1 and h.stopped == "aligned"

@@ -116,3 +116,53 @@ def test_recipe_two_ranks_stay_identical(tmp_path):
     assert sorted(r["process_index"] for r in runs) == [0, 1]
     assert all(r["num_processes"] == 2 and r["steps"] == 3 for r in runs)
     assert runs[0]["weights_digest"] == runs[1]["weights_digest"]
+
+
+@pytest.mark.slow
+def test_generated_pool_resumes_and_fine_tunes_the_detector(tmp_path):
+    """The pool recipe writes finished parts and resumes; the CLIP recipe fine-tunes the shipped
+    detector on it (the exported weights move away from the shipped ones)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from recipes.generate_shapes_pool import PoolConfig
+    from recipes.generate_shapes_pool import main as make_pool
+    from shapesworld.generated import load_pool
+
+    pool = tmp_path / "pool"
+    cfg = PoolConfig(str(pool), parts=2, prompts_per_part=2, images_per_prompt=2, steps=2)
+    first = make_pool(cfg)
+    assert first["images"] == 8
+    images, labels = load_pool(pool)
+    assert images.shape == (8, 32, 32, 3) and len(labels) == 8
+    # a run killed inside part 1 (its labels never written) redoes only that part, identically
+    (pool / "part-00001.jsonl").unlink()
+    again = make_pool(cfg)
+    assert again["images"] == 4
+    images2, labels2 = load_pool(pool)
+    assert np.array_equal(images, images2) and labels == labels2
+
+    shipped = Path(__file__).resolve().parents[1] / "shapesworld" / "weights" / "shapes-tiny"
+    out = tmp_path / "ft"
+    _launch(
+        out,
+        "--steps",
+        "2",
+        "--init-from",
+        str(shipped),
+        "--generated-pool",
+        str(pool),
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+    )
+    summary = json.loads((out / "export" / "training.json").read_text())
+    assert summary["init_from"] == str(shipped) and summary["steps"] == 2
+    a = load_file(shipped / "open_clip_model.safetensors")
+    b = load_file(out / "export" / "open_clip_model.safetensors")
+    assert a.keys() == b.keys()
+    moved = [k for k in a if not torch.equal(a[k], b[k])]
+    assert "visual.conv1.weight" in moved
+    MisalignmentDetector.from_pretrained(str(out / "export"))  # loads as a detector

@@ -124,3 +124,43 @@ def test_oracle_words_line_up_with_detector_words():
         ]
         assert all(v.correct is None for v in verdicts if v.word in {".", ","})
         assert judge(render_scene(scene, 32), text).all_correct
+
+
+def test_generated_images_get_true_captions_and_their_failed_prompt_as_negative():
+    from shapesworld.captions import caption_from_text
+    from shapesworld.generated import label_generated, scene_from_objects
+
+    rng = np.random.default_rng(3)
+    for ex in foil_set(30, seed=9):
+        img = ex.image()
+        right = label_generated(img, ex.caption.text, rng)
+        assert right.right and right.true_caption == ex.caption.text and not right.wrong_kinds
+        wrong = label_generated(img, ex.foil.foil, rng)
+        assert not wrong.right and ex.foil.kind in wrong.wrong_kinds
+        # the caption read from the pixels is true of the image, by the oracle
+        assert judge(img, wrong.true_caption).all_correct
+        cap = caption_from_text(wrong.true_caption)
+        assert cap.text == wrong.true_caption
+        assert scene_from_objects(judge(img, ex.caption.text).objects, 32) is not None
+    # objects the grammar cannot describe
+    assert scene_from_objects((), 32) is None
+
+
+def test_pool_batch_puts_the_failed_prompt_first(tmp_path):
+    from shapesworld.data import pool_batch
+    from shapesworld.generated import GeneratedExample
+
+    ex = foil_set(2, seed=4)
+    images = np.stack([np.asarray(e.image()) for e in ex])
+    labels = [
+        GeneratedExample(ex[0].foil.foil, False, [ex[0].foil.kind], ex[0].caption.text),
+        GeneratedExample(ex[1].caption.text, True, [], ex[1].caption.text),
+    ]
+    b = pool_batch(np.random.default_rng(0), images, labels, 16, foils_per_image=3, p_template=0)
+    assert b.images.shape == (16, 3, 32, 32)
+    for cap, foils, kinds in zip(b.captions, b.foils, b.foil_kinds):
+        if cap.rstrip(" .") == ex[0].caption.text:
+            assert kinds[0] == "generated" and foils[0].rstrip(" .") == ex[0].foil.foil
+        else:
+            assert "generated" not in kinds and cap.rstrip(" .") == ex[1].caption.text
+        assert cap not in foils

@@ -73,6 +73,30 @@ def add_commands(sub) -> None:
     add_detector_args(s)
     s.set_defaults(func=_cmd_score)
 
+    c = sub.add_parser(
+        "calibrate",
+        help="choose eps for a loop's stop rule on your own labelled generated images",
+        description="Calibrate the detector's eps on images from your own generator: the "
+        "largest eps at which at most --rate of the images labelled right get a word flagged, "
+        "and what it catches on the images labelled wrong. A threshold set on real photos or "
+        "on another generator does not transfer.",
+    )
+    c.add_argument(
+        "--data",
+        required=True,
+        help='labels.jsonl: one {"image", "caption", "right": bool, "wrong_words": [...]} '
+        "per line (images relative to the file)",
+    )
+    c.add_argument(
+        "--rate",
+        type=float,
+        default=0.1,
+        help="share of right images allowed a false alarm (default 0.1)",
+    )
+    c.add_argument("--out", default=None, help="write the calibration as JSON")
+    add_detector_args(c)
+    c.set_defaults(func=_cmd_calibrate)
+
 
 def _fmt(v) -> str:
     """A table cell: 3 decimals, "-" for a missing or undefined value, text as is."""
@@ -184,4 +208,37 @@ def _cmd_score(args) -> int:
             print(f"clip4dm: warning: skipped {problem}", file=sys.stderr)
     # One JSON line per rank, so a sharded run shows what every rank did.
     print(json.dumps(summary.to_dict()), flush=True)
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from ..eval.calibration import calibrate_threshold, load_labelled
+
+    if not 0 <= args.rate < 1:
+        raise InputError(f"--rate must lie in [0, 1), got {args.rate}")
+    samples = load_labelled(args.data)
+    det = build_detector(args)
+    reports = det.detect([s.image for s in samples], [s.caption for s in samples], progress=True)
+    cal = calibrate_threshold(samples, reports, rate=args.rate)
+    n_words = sum(bool(s.foil_spans) for s in samples if s.is_original is False)
+    print(
+        f"eps = {cal.threshold:.6g}: a word flagged on {100 * cal.false_flag_rate:.1f}% of "
+        f"{cal.n_correct} right images; on {cal.n_foils} wrong images, any word flagged on "
+        f"{100 * cal.foil_detection:.1f}%"
+        + (
+            f", the labelled wrong word on {100 * cal.foil_recall:.1f}%"
+            if n_words == cal.n_foils and n_words
+            else ""
+        )
+    )
+    print(
+        f"paper's eps {cal.paper_threshold:g}: flags {100 * cal.paper_false_flag_rate:.1f}% of "
+        "right images"
+    )
+    print(
+        f"use it: --threshold {cal.threshold:.6g}, or "
+        f"MisalignmentDetector.from_pretrained(..., threshold={cal.threshold:.6g})"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(cal.to_dict(), indent=2))
     return 0

@@ -23,7 +23,7 @@ def _add_loop_args(p) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=["best_of_n", "reweight", "attend_and_excite"],
+        choices=["best_of_n", "resample", "reweight", "phrase_guidance", "attend_and_excite"],
         default="reweight",
         help="the fix the loop applies (default: reweight)",
     )

@@ -115,3 +115,52 @@ def calibrate_threshold(
         paper_false_flag_rate=pff,
         paper_foil_recall=precall,
     )
+
+
+def load_labelled(path) -> list[Sample]:
+    """Your own generated images, labelled, for `calibrate_threshold`: a JSONL file with one
+    `{"image": path, "caption": str, "right": bool, "wrong_words": [str, ...]}` per line
+    (`wrong_words` optional: the words the image gets wrong, every occurrence; used for the
+    recall). Image
+    paths are relative to the file's folder. Raises InputError naming the line at fault."""
+    import json
+    from pathlib import Path
+
+    from ..errors import InputError
+    from .datasets import _spans_of
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labels file not found: {path}")
+    samples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+        missing = [k for k in ("image", "caption", "right") if k not in row]
+        if missing:
+            raise InputError(f"{path}:{n}: missing {', '.join(missing)}")
+        if not isinstance(row["right"], bool):
+            raise InputError(f"{path}:{n}: 'right' must be true or false, got {row['right']!r}")
+        spans = []
+        for w in row.get("wrong_words") or []:
+            found = _spans_of(row["caption"], w)
+            if not found:
+                raise InputError(f"{path}:{n}: wrong word {w!r} is not in the caption")
+            spans += found
+        samples.append(
+            Sample(
+                str(row.get("id", n)),
+                str(path.parent / row["image"]),
+                row["caption"],
+                is_original=row["right"],
+                foil_words=list(row.get("wrong_words") or []),
+                foil_spans=spans,
+            )
+        )
+    if not any(s.is_original for s in samples):
+        raise InputError(f"{path}: no image labelled right; eps is set on right images")
+    return samples
