@@ -15,6 +15,8 @@ PIPELINE_NAME = "shapes-sd-tiny"
 #: Seeds of the prompt sets (the training recipe draws scenes from other seeds).
 PROMPT_SEED = HELD_OUT_SEED + 11
 VALIDATION_SEED = HELD_OUT_SEED + 13
+#: Seed of the fine-tuning recipes' training prompts (round r, process k: + 1000 r + k).
+FINETUNE_SEED = HELD_OUT_SEED + 10_000_019
 
 
 def pipeline_path(name: str = PIPELINE_NAME) -> Path:

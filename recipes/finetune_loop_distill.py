@@ -1,0 +1,107 @@
+"""Token-level reward fine-tuning by distilling the feedback loop into a LoRA.
+
+    accelerate launch --cpu --num_processes 1 recipes/finetune_loop_distill.py \
+        --output-dir runs/loop-distill --rounds 8 [--strategy reweight] [--resume]
+
+Design. A scalar reward says *how good* an image is; CLIP4DM's word scores say *which words*
+the image got wrong. The feedback loop (`generation.FeedbackPipeline`) already turns those
+words into a fix: it raises the weights of the flagged words' tokens (or gives their object
+phrase its own guidance) and regenerates until the detector finds nothing misaligned. This
+recipe trains the LoRA so that the *plain* prompt yields what the fixed prompt yielded: each
+round runs the loop on every training prompt (at most `images_per_prompt` images, the same
+compute as best-of-N), and when the loop ends with an image the detector finds aligned, that
+image becomes a training target for the plain prompt's embedding. The update therefore
+concentrates on exactly the words the base model neglects (the ones the loop had to raise),
+which no scalar reward can point at. Its scalar twin at equal compute is
+`recipes/finetune_reward_filtered.py --reward clip_score` (best of the same number of plain
+samples by CLIPScore).
+
+The round loop, checkpoints, data parallelism and `--resume` are `generation.finetune.run_rounds`
+(see `recipes/finetune_reward_filtered.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from generation.finetune import Collected, RoundsConfig, run_rounds
+from recipes.finetune_reward_filtered import make_reward, parse_args
+from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
+
+
+@dataclass
+class DistillConfig(RoundsConfig):
+    """Loop distillation (every field is a command-line flag)."""
+
+    output_dir: str = "runs/loop-distill"
+    strategy: str = "reweight"
+    """The loop's fix: reweight, phrase_guidance or resample (the control: no word-level fix)."""
+    keep: str = "aligned"
+    """aligned: learn only from loop results the detector finds aligned; best: always learn
+    from the loop's kept image."""
+
+
+def main(cfg: DistillConfig) -> dict:
+    from feedback import MisalignmentDetector
+    from generation import FeedbackPipeline, LoopConfig
+
+    if cfg.keep not in ("aligned", "best"):
+        raise SystemExit(f"--keep must be aligned or best, got {cfg.keep!r}")
+    state: dict = {}
+
+    def collect(pipe, prompts, seeds) -> Collected:
+        if "fb" not in state:
+            eps = loop_threshold(detector=cfg.detector)
+            det = MisalignmentDetector.from_pretrained(
+                cfg.detector,
+                device=str(pipe.device),
+                **({"threshold": eps} if eps is not None else {}),
+            )
+            loop = LoopConfig(
+                strategy=cfg.strategy,
+                max_images=cfg.images_per_prompt,
+                max_rounds=cfg.images_per_prompt,
+            )
+            state["fb"] = FeedbackPipeline(pipe, det, loop)
+            state["reward"] = make_reward(cfg.detector, "f_clip_score", pipe.device)
+        fb = state["fb"]
+        images, kept, all_rewards, kept_rewards, made = [], [], [], [], 0
+        for i, prompt in enumerate(prompts):
+            fb.config.seed = seeds[i * cfg.images_per_prompt]
+            h = fb(
+                prompt,
+                num_inference_steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance,
+                output_type="pt",
+            ).history[0]
+            made += h.num_images
+            every = torch.cat([r.images for r in h.rounds])
+            rewards = state["reward"](every, [prompt] * len(every))
+            all_rewards += rewards.tolist()
+            r, k = h.best
+            if cfg.keep == "best" or not h.best_report.misaligned_words:
+                images.append(h.rounds[r].images[k])
+                kept.append(prompt)  # the plain prompt: the fix is what the LoRA learns
+                offset = sum(len(x.seeds) for x in h.rounds[:r]) + k
+                kept_rewards.append(float(rewards[offset]))
+        return Collected(
+            torch.stack(images) if images else torch.zeros(0, 3, 1, 1),
+            kept,
+            float(sum(all_rewards) / max(len(all_rewards), 1)),
+            float(sum(kept_rewards) / max(len(kept_rewards), 1)),
+            made,
+        )
+
+    def prompts_for(r: int, rank: int) -> list[str]:
+        seed = FINETUNE_SEED + 1000 * r + rank
+        return [p.text for p in prompt_set(cfg.prompts_per_round, seed=seed)]
+
+    return run_rounds(cfg, collect, prompts_for, name="loop-distill")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    print(json.dumps(main(parse_args(cls=DistillConfig))), flush=True)
