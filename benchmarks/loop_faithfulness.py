@@ -120,6 +120,7 @@ def main():
         help="detector eps (default: the pipeline card's eps calibrated on generated images)",
     )
     p.add_argument("--only", nargs="+", default=None, help="run only loops whose name has one")
+    p.add_argument("--skip", nargs="+", default=None, help="skip loops whose name has one")
     p.add_argument(
         "--ae-no-stop", action="store_true", help="Attend-and-Excite uses the whole budget"
     )
@@ -187,27 +188,29 @@ def main():
         results[k] = np.array(v)
     judgements.update(jrows)
 
-    def cfg(strategy, **kw):
+    def loop_cfg(strategy, **kw):
         return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
 
     loops = {
-        "resample until aligned": (det, cfg("resample")),
-        "reweight": (det, cfg("reweight")),
-        "phrase guidance": (det, cfg("phrase_guidance")),
-        "2 samples + reweight": (det, cfg("reweight", samples_per_round=2)),
-        "2 samples + phrase guidance": (det, cfg("phrase_guidance", samples_per_round=2)),
+        "resample until aligned": (det, loop_cfg("resample")),
+        "reweight": (det, loop_cfg("reweight")),
+        "phrase guidance": (det, loop_cfg("phrase_guidance")),
+        "2 samples + reweight": (det, loop_cfg("reweight", samples_per_round=2)),
+        "2 samples + phrase guidance": (det, loop_cfg("phrase_guidance", samples_per_round=2)),
         # Without the stop rule every prompt gets the whole budget: what the loop adds when a
         # weak detector's "nothing is misaligned" is not trusted.
-        "reweight, no early stop": (det, cfg("reweight", stop_when_aligned=False)),
+        "reweight, no early stop": (det, loop_cfg("reweight", stop_when_aligned=False)),
         "phrase guidance, no early stop": (
             det,
-            cfg("phrase_guidance", stop_when_aligned=False),
+            loop_cfg("phrase_guidance", stop_when_aligned=False),
         ),
-        "oracle-driven reweight": (oracle_det, cfg("reweight")),
-        "oracle-driven phrase guidance": (oracle_det, cfg("phrase_guidance")),
+        "oracle-driven reweight": (oracle_det, loop_cfg("reweight")),
+        "oracle-driven phrase guidance": (oracle_det, loop_cfg("phrase_guidance")),
     }
     if args.only:
         loops = {k: v for k, v in loops.items() if any(o in k for o in args.only)}
+    if args.skip:
+        loops = {k: v for k, v in loops.items() if not any(o in k for o in args.skip)}
     for name, (d, cfg) in loops.items():
         clock = Clock()
         # A fresh detector object per loop (same backend), so each clock wraps only its own.
@@ -221,6 +224,10 @@ def main():
         results[name] = np.array(ok)
         judgements[name] = js
         clocks[name] = clock
+        if args.json:  # finished rows survive a crash later in the run
+            partial = {k: v.astype(int).tolist() for k, v in results.items()}
+            with open(args.json + ".partial", "w") as f:
+                json.dump({"n_objects": n_obj.tolist(), "ok": partial}, f)
 
     ae_idx = list(range(min(args.ae_n, args.n)))
     if ae_idx:
@@ -229,7 +236,7 @@ def main():
             FeedbackPipeline(
                 pipe,
                 MisalignmentDetector(det.backend, det.config),
-                cfg("attend_and_excite", stop_when_aligned=not args.ae_no_stop),
+                loop_cfg("attend_and_excite", stop_when_aligned=not args.ae_no_stop),
             )
         )
         ok = []

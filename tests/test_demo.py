@@ -157,3 +157,17 @@ def test_cli_offers_every_loop_strategy():
         sub = p._subparsers._group_actions[0].choices[cmd]
         (action,) = [a for a in sub._actions if a.dest == "strategy"]
         assert tuple(action.choices) == STRATEGIES
+
+
+def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps():
+    from feedback.cli.generate import _fb
+    from feedback.cli.main import build_parser
+    from shapesworld.pipelines import load_pipeline, loop_threshold
+
+    for cmd in (["demo"], ["generate", "--prompts", "p.txt", "--out", "o"], ["app"]):
+        assert build_parser().parse_args(cmd).model == "shapes-tiny-gen"
+    assert build_parser().parse_args(["check", "x.png", "a cat"]).model == "shapes-tiny"
+    args = build_parser().parse_args(["demo"])
+    fb = _fb(args, load_pipeline())
+    assert fb.detector.config.threshold == loop_threshold(detector="shapes-tiny-gen")
+    assert fb.config.strategy == args.strategy

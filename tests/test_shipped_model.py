@@ -89,6 +89,7 @@ def test_generated_image_detector_catches_more_at_the_same_false_alarm_rate():
     10% false alarms on right images), it flags more of the wrong words than `shapes-tiny`."""
     import torch
 
+    from feedback.detector import reports_from_output
     from shapesworld.pipelines import judge_tensor, load_pipeline, loop_threshold, prompt_set
 
     pipe = load_pipeline()
@@ -104,7 +105,7 @@ def test_generated_image_detector_catches_more_at_the_same_false_alarm_rate():
         eps = loop_threshold(detector=name)
         assert eps is not None and eps < 0
         d = MisalignmentDetector.from_pretrained(name, threshold=eps)
-        reports = d.detect([im for im in imgs], prompts)
+        reports = reports_from_output(d.score(imgs, prompts))
         hits = wrong = 0
         for rep, vs in zip(reports, verdicts):
             for w, v in zip(rep.words, vs):

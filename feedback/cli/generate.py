@@ -12,6 +12,8 @@ from ..errors import Clip4dmError, InputError, ModelLoadError
 from .options import add_detector_args, build_detector, positive_int
 
 SHIPPED_PIPELINE = "shapes-sd-tiny"
+#: The loop commands' default detector: tuned on that pipeline's generated images.
+LOOP_DETECTOR = "shapes-tiny-gen"
 
 
 def _add_loop_args(p) -> None:
@@ -33,7 +35,7 @@ def _add_loop_args(p) -> None:
     p.add_argument("--steps", type=positive_int, default=20, help="inference steps (default 20)")
     p.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    add_detector_args(p)
+    add_detector_args(p, LOOP_DETECTOR)
 
 
 def add_commands(sub) -> None:
@@ -72,7 +74,7 @@ def add_commands(sub) -> None:
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
     )
     a.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
-    add_detector_args(a)
+    add_detector_args(a, LOOP_DETECTOR)
     a.set_defaults(func=_cmd_app)
 
 

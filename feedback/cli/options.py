@@ -20,26 +20,27 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_detector_args(p: argparse.ArgumentParser) -> None:
-    """--model, --layers, ... with help that states the defaults actually applied."""
+def add_detector_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
+    """--model, --layers, ... with help that states the defaults actually applied (`model`:
+    the default detector)."""
     from ..config import DEFAULT_TEMPLATE
     from ..registry import recommended_settings
 
-    card = recommended_settings(DEFAULT_MODEL)
+    card = recommended_settings(model)
 
     def default(key: str) -> str:
         if key in card:
             return (
                 f"default: the model card's recommendation where the model has one "
-                f"({DEFAULT_MODEL}: {card[key]}), else the paper's {PAPER[key]}"
+                f"({model}: {card[key]}), else the paper's {PAPER[key]}"
             )
         return f"default: {PAPER[key]}"
 
     p.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=model,
         help="shipped name, local model folder, open_clip name, hf-hub:org/repo or "
-        f"transformers hub id (default: {DEFAULT_MODEL})",
+        f"transformers hub id (default: {model})",
     )
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
     p.add_argument(
