@@ -18,7 +18,7 @@ from pathlib import Path
 from feedback import InputError, MisalignmentDetector, load_image
 from feedback.errors import Clip4dmError
 
-from .config import STRATEGIES, LoopConfig
+from .config import RECOMMENDED_STRATEGY, STRATEGIES, LoopConfig
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
 from .selection import best_in_rounds
@@ -228,7 +228,7 @@ def build_app(app: App):
         with gr.Tab("Generate and fix"):
             prompt = gr.Textbox(label="prompt", elem_id="prompt")
             with gr.Row():
-                strategy = gr.Radio(list(STRATEGIES), value="reweight", label="strategy")
+                strategy = gr.Radio(list(STRATEGIES), value=RECOMMENDED_STRATEGY, label="strategy")
                 budget = gr.Slider(1, app.config.max_budget, value=4, step=1, label="images")
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
                 seed = gr.Number(value=0, precision=0, label="seed")

@@ -170,4 +170,6 @@ def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps(
     args = build_parser().parse_args(["demo"])
     fb = _fb(args, load_pipeline())
     assert fb.detector.config.threshold == loop_threshold(detector="shapes-tiny-gen")
-    assert fb.config.strategy == args.strategy
+    from generation import RECOMMENDED_STRATEGY
+
+    assert fb.config.strategy == args.strategy == RECOMMENDED_STRATEGY
