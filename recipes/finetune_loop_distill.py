@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds
-from recipes.finetune_reward_filtered import make_reward, parse_args
+from recipes.finetune_reward_filtered import parse_args
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
 
@@ -45,7 +45,7 @@ class DistillConfig(RoundsConfig):
 
 
 def main(cfg: DistillConfig) -> dict:
-    from feedback import MisalignmentDetector
+    from feedback import FeedbackReward, MisalignmentDetector
     from generation import FeedbackPipeline, LoopConfig
 
     if cfg.keep not in ("aligned", "best"):
@@ -66,8 +66,14 @@ def main(cfg: DistillConfig) -> dict:
                 max_rounds=cfg.images_per_prompt,
             )
             state["fb"] = FeedbackPipeline(pipe, det, loop)
-            state["reward"] = make_reward(cfg.detector, "f_clip_score", pipe.device)
-        fb = state["fb"]
+            state["unit"] = FeedbackReward(det).unit
+        fb, unit = state["fb"], state["unit"]
+
+        def reward(rep) -> float:
+            # FeedbackReward's value (F-CLIPScore / unit, CLIPScore tie-break as in
+            # make_reward) from the loop's own reports: no second scoring of the images.
+            return rep.f_clip_score / unit + 1e-3 * rep.clip_score
+
         images, kept, all_rewards, kept_rewards, made = [], [], [], [], 0
         for i, prompt in enumerate(prompts):
             fb.config.seed = seeds[i * cfg.images_per_prompt]
@@ -78,15 +84,12 @@ def main(cfg: DistillConfig) -> dict:
                 output_type="pt",
             ).history[0]
             made += h.num_images
-            every = torch.cat([r.images for r in h.rounds])
-            rewards = state["reward"](every, [prompt] * len(every))
-            all_rewards += rewards.tolist()
+            all_rewards += [reward(rep) for rec in h.rounds for rep in rec.reports]
             r, k = h.best
             if cfg.keep == "best" or not h.best_report.misaligned_words:
                 images.append(h.rounds[r].images[k])
                 kept.append(prompt)  # the plain prompt: the fix is what the LoRA learns
-                offset = sum(len(x.seeds) for x in h.rounds[:r]) + k
-                kept_rewards.append(float(rewards[offset]))
+                kept_rewards.append(reward(h.best_report))
         return Collected(
             torch.stack(images) if images else torch.zeros(0, 3, 1, 1),
             kept,
