@@ -166,3 +166,31 @@ def test_sampler_records_a_reproducible_trajectory():
                 sched, eps, t, a.latents[j], 1.0, prev_sample=a.latents[j + 1]
             )
             torch.testing.assert_close(lp, a.log_probs[j])
+
+
+def test_denoising_loss_noises_each_example_at_its_own_timestep():
+    """Regression: the shipped pipeline's DPM-Solver `add_noise` ignores timesteps outside its
+    inference schedule (every example got the same noise level, and fine-tuning collapsed)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from generation.finetune import denoising_loss
+    from shapesworld.pipelines import pipeline_path
+
+    sched = DPMSolverMultistepScheduler.from_pretrained(pipeline_path(), subfolder="scheduler")
+    sched.set_timesteps(20)  # as after sampling a round
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, noisy, t, encoder_hidden_states):
+            seen["noisy"], seen["t"] = noisy, t
+            return type("Out", (), {"sample": torch.zeros_like(noisy)})()
+
+    latents = torch.ones(64, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    denoising_loss(Probe(), sched, latents, torch.zeros(64, 1, 4), g)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(latents.shape, generator=g)
+    acp = sched.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)
+    want = acp.sqrt() * latents + (1 - acp).sqrt() * noise
+    assert len(set(seen["t"].tolist())) > 10
+    torch.testing.assert_close(seen["noisy"], want)

@@ -4,7 +4,13 @@ with their rewards, the denoising loss, and the round loop itself (`run_rounds`:
 parallel, checkpointed, resumable to the same LoRA)."""
 
 from .lora import add_unet_lora, load_lora_into, lora_digest, lora_state, save_lora
-from .rounds import RoundSamples, denoising_loss, encode_images, sample_round
+from .rounds import (
+    RoundSamples,
+    denoising_loss,
+    encode_images,
+    sample_round,
+    training_scheduler,
+)
 from .trainer import Collected, RoundsConfig, run_rounds
 
 __all__ = [
@@ -20,4 +26,5 @@ __all__ = [
     "run_rounds",
     "sample_round",
     "save_lora",
+    "training_scheduler",
 ]

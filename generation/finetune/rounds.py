@@ -59,6 +59,21 @@ def sample_round(
     return RoundSamples(torch.cat(images), texts, torch.cat(rewards), [int(x) for x in seeds])
 
 
+def training_scheduler(scheduler):
+    """The forward (noising) process `scheduler` was trained with, as a `DDPMScheduler`.
+
+    Inference schedulers are no good for noising training targets: DPM-Solver's `add_noise`,
+    for one, looks the timestep up among its *inference* steps and, for any other timestep,
+    silently uses the last step's noise level, so every training example would be noised alike
+    whatever its timestep (fine-tuning on that collapses the model). diffusers' training
+    examples noise with a `DDPMScheduler` of the same config; so do we."""
+    from diffusers import DDPMScheduler
+
+    if isinstance(scheduler, DDPMScheduler):
+        return scheduler
+    return DDPMScheduler.from_config(scheduler.config)
+
+
 def denoising_loss(
     unet,
     scheduler,
@@ -69,7 +84,11 @@ def denoising_loss(
 ) -> torch.Tensor:
     """The diffusion training loss on clean `latents` (B, C, h, w) conditioned on
     `text_embeds` (B, L, D): noise at a random timestep, predict it (epsilon or v, as the
-    scheduler is configured), mean squared error, optionally weighted per sample (B,)."""
+    scheduler is configured), mean squared error, optionally weighted per sample (B,).
+
+    `scheduler` may be the pipeline's inference scheduler: the noise follows its config's
+    training schedule (`training_scheduler`)."""
+    scheduler = training_scheduler(scheduler)
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
