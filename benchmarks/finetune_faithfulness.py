@@ -9,9 +9,13 @@ optimizer steps. Then one image per held-out prompt (prompts the recipes never t
 `--n` of each kind, paired seeds) is judged by the ShapesWorld oracle, before and after. Rows:
 
 - reward-filtered, F-CLIPScore (CLIP4DM's scalar reward) and its CLIPScore twin;
+- DDPO-style policy gradient with F-CLIPScore and its CLIPScore twin;
 - loop distillation (token level: the feedback loop's re-weighting of the flagged words,
   distilled into the plain prompt) and its resample control (the same loop with no
   word-level fix).
+
+Recipes already trained in `--out` are not trained again (each resumes from its checkpoint),
+so an interrupted benchmark picks up where it stopped.
 
 Prints a table (whole-prompt satisfaction per prompt kind, with a paired bootstrap 95%
 interval of the two-object difference to the CLIPScore twin) and writes the training curves
@@ -33,8 +37,18 @@ from shapesworld.pipelines import judge_tensor, load_pipeline, prompt_set
 RECIPES = {
     "reward-filtered, F-CLIPScore": ("filtered", {"reward": "f_clip_score"}),
     "reward-filtered, CLIPScore (twin)": ("filtered", {"reward": "clip_score"}),
+    "DDPO, F-CLIPScore": ("ddpo", {"reward": "f_clip_score"}),
+    "DDPO, CLIPScore (twin)": ("ddpo", {"reward": "clip_score"}),
     "loop distillation (reweight)": ("distill", {"strategy": "reweight"}),
     "loop distillation (resample control)": ("distill", {"strategy": "resample"}),
+}
+#: Each CLIP4DM recipe's scalar CLIPScore twin at equal compute (the token-level recipe's is
+#: best-of-N by CLIPScore, the same number of plain samples per prompt).
+TWINS = {
+    "reward-filtered, F-CLIPScore": "reward-filtered, CLIPScore (twin)",
+    "DDPO, F-CLIPScore": "DDPO, CLIPScore (twin)",
+    "loop distillation (reweight)": "reward-filtered, CLIPScore (twin)",
+    "loop distillation (resample control)": "reward-filtered, CLIPScore (twin)",
 }
 
 
@@ -59,6 +73,8 @@ def satisfaction(pipe, prompts, steps: int = 20, batch: int = 25) -> np.ndarray:
 def main():
     from loop_faithfulness import bootstrap_diff  # this folder is on sys.path
 
+    from recipes.finetune_ddpo import DDPOConfig
+    from recipes.finetune_ddpo import main as ddpo
     from recipes.finetune_loop_distill import DistillConfig
     from recipes.finetune_loop_distill import main as distill
     from recipes.finetune_reward_filtered import FilteredConfig
@@ -69,6 +85,7 @@ def main():
     p.add_argument("--prompts", type=int, default=16, help="training prompts per round")
     p.add_argument("--images", type=int, default=4, help="images per prompt and round")
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per round")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (recipe default)")
     p.add_argument("--n", type=int, default=150, help="held-out prompts of each kind")
     p.add_argument("--detector", default="shapes-tiny")
     p.add_argument("--only", nargs="+", default=None, help="recipes whose name has one of these")
@@ -92,35 +109,44 @@ def main():
             images_per_prompt=args.images,
             steps_per_round=args.steps,
             resume=True,
+            **({"lr": args.lr} if args.lr is not None else {}),
         )
-        if kind == "filtered":
-            filtered(FilteredConfig(**common, **extra))
-        else:
-            distill(DistillConfig(**common, **extra))
+        train, config = {
+            "filtered": (filtered, FilteredConfig),
+            "ddpo": (ddpo, DDPOConfig),
+            "distill": (distill, DistillConfig),
+        }[kind]
+        train(config(**common, **extra))
         tuned = load_pipeline()
         tuned.load_lora_weights(str(run / "lora"))
         results[name] = {k: satisfaction(tuned, held[k]) for k in (1, 2)}
         logs[name] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
 
-    twin = results.get("reward-filtered, CLIPScore (twin)", results["base (no fine-tuning)"])
+    base = results["base (no fine-tuning)"]
     print(
         f"\nFine-tuning on ShapesWorld: {args.rounds} rounds x {args.prompts} prompts x "
         f"{args.images} images, {args.steps} steps per round; {args.n} held-out prompts per "
-        "kind, one image each, oracle-judged (%)\n"
+        "kind, one image each, oracle-judged (%); differences are two-object, paired, with a "
+        "bootstrap 95% interval\n"
     )
-    print("| recipe | 2-object | 1-object | 2-object vs CLIPScore twin (95% CI) |")
-    print("|---|---|---|---|")
+    print("| recipe | 2-object | 1-object | vs base | vs its CLIPScore twin |")
+    print("|---|---|---|---|---|")
     table = {}
     for name, r in results.items():
-        d, lo, hi = bootstrap_diff(r[2], twin[2])
-        table[name] = {
-            "two_object": float(r[2].mean()),
-            "one_object": float(r[1].mean()),
-            "diff_two_vs_twin": [d, lo, hi],
-        }
+        row = {"two_object": float(r[2].mean()), "one_object": float(r[1].mean())}
+        cells = []
+        for key, other in (("vs_base", base), ("vs_twin", results.get(TWINS.get(name, "")))):
+            if other is None or other is r:
+                cells.append("")
+                continue
+            d, lo, hi = bootstrap_diff(r[2], other[2])
+            row[key] = [d, lo, hi]
+            cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        table[name] = row
         print(
             f"| {name} | {100 * r[2].mean():.1f} | {100 * r[1].mean():.1f} | "
-            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+            + " | ".join(cells)
+            + " |"
         )
     (out / "results.json").write_text(json.dumps({"table": table, "logs": logs}, indent=2))
     try:

@@ -20,13 +20,13 @@ LoRA as an uninterrupted run.
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds, sample_round
+from recipes.cli import parse_config
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
 REWARDS = ("f_clip_score", "clip_score")
@@ -94,14 +94,8 @@ def main(cfg: FilteredConfig) -> dict:
 
 
 def parse_args(argv=None, cls=FilteredConfig):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in fields(cls):
-        if f.type in ("bool", bool):
-            p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
-        else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default)
-    return cls(**vars(p.parse_args(argv)))
+    """The recipe's config from the command line (`--help`: every field, `--config FILE`)."""
+    return parse_config(cls, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,15 @@ labelled by `shapesworld.generated.label_generated`. Each part is written when i
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recipes.cli import parse_config
 from shapesworld.generated import POOL_SEED, label_generated
 from shapesworld.pipelines import PIPELINE_NAME, load_pipeline, prompt_set
 
@@ -73,11 +73,7 @@ def main(cfg: PoolConfig) -> dict:
 
 
 def parse_args(argv=None) -> PoolConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in fields(PoolConfig):
-        typ = {"int": int, "float": float, "str": str}[str(f.type)]
-        p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default)
-    return PoolConfig(**vars(p.parse_args(argv)))
+    return parse_config(PoolConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ ShapesWorld oracle finds the image fully right, per prompt kind and per word kin
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from recipes.cli import parse_config
 from shapesworld.pipelines import (
     VALIDATION_SEED,
     judge_tensor,
@@ -187,10 +187,7 @@ def main(cfg: PackageT2IConfig) -> dict:
 
 
 def parse_args(argv=None) -> PackageT2IConfig:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, f in PackageT2IConfig.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default)
-    return PackageT2IConfig(**vars(p.parse_args(argv)))
+    return parse_config(PackageT2IConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ with CLIP's real BPE tokenizer. Checkpoints (`accelerator.save_state`) go to
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from feedback.backends import OpenClipBackend, text_forward
+from recipes.cli import parse_config
 from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
 from shapesworld import Degradation
 from shapesworld.data import MEAN, STD, concat_batches, make_batch, pool_batch
@@ -309,24 +309,7 @@ def _summary(step, t0, running, kinds_seen, cfg=None) -> dict:
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in fields(TrainConfig):
-        if f.name == "model_cfg":
-            p.add_argument(
-                "--model-cfg",
-                type=json.loads,
-                default=None,
-                help="JSON open_clip model config (default: the shapes-tiny one)",
-            )
-        elif f.type in ("bool", bool):
-            p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
-        else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default)
-    ns = vars(p.parse_args(argv))
-    if ns["model_cfg"] is None:
-        ns.pop("model_cfg")
-    return TrainConfig(**ns)
+    return parse_config(TrainConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":

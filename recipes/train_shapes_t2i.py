@@ -21,10 +21,9 @@ the stages by `--vae-share`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
+from recipes.cli import parse_config
 from shapesworld.data import render_batch
 
 
@@ -330,10 +330,7 @@ def main(cfg: T2IConfig) -> dict:
 
 
 def parse_args(argv=None) -> T2IConfig:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(T2IConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    return T2IConfig(**vars(p.parse_args(argv)))
+    return parse_config(T2IConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
