@@ -1,7 +1,7 @@
 """Policy-gradient LoRA fine-tuning (DDPO-style) with a CLIP4DM reward.
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_ddpo.py \
-        --output-dir runs/ddpo --rounds 8 [--reward clip_score] [--resume]
+        --output-dir runs/ddpo --rounds 8 [--reward clip_score] [--config run.yaml] [--resume]
 
 Each round every process samples `images_per_prompt` images of each of its training prompts
 with a stochastic DDIM sampler (eta = `--eta`) that records every step's latent and

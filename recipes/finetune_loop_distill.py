@@ -1,7 +1,8 @@
 """Token-level reward fine-tuning by distilling the feedback loop into a LoRA.
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_loop_distill.py \
-        --output-dir runs/loop-distill --rounds 8 [--strategy reweight] [--resume]
+        --output-dir runs/loop-distill --rounds 8 [--strategy reweight] \
+        [--config run.yaml] [--resume]
 
 Design. A scalar reward says *how good* an image is; CLIP4DM's word scores say *which words*
 the image got wrong. The feedback loop (`generation.FeedbackPipeline`) already turns those

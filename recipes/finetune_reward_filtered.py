@@ -2,7 +2,8 @@
 (best-of-N distillation, as in RAFT / ReST), in rounds.
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_reward_filtered.py \
-        --output-dir runs/reward-filtered --rounds 8 [--reward clip_score] [--resume]
+        --output-dir runs/reward-filtered --rounds 8 [--reward clip_score] \
+        [--config run.yaml] [--resume]
 
 Each round every process draws its own training prompts (seeds no benchmark uses), generates
 `images_per_prompt` images of each with the current LoRA, scores them (`--reward

@@ -112,6 +112,13 @@ def test_reward_filtered_resumes_after_sigkill_to_the_same_lora(tmp_path):
     _run(_accelerate(FILTERED, "--output-dir", str(killed), *rounds, *TINY, "--resume"))
     a, b = _lora(straight / "lora"), _lora(killed / "lora")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the log holds every round once, as the uninterrupted run's does
+    logs = [
+        [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+        for d in (straight, killed)
+    ]
+    assert [x["round"] for x in logs[1]] == list(range(6))
+    assert [x["reward_all"] for x in logs[1]] == [x["reward_all"] for x in logs[0]]
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

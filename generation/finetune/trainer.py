@@ -143,7 +143,13 @@ def run_rounds(
         accelerator.load_state(str(ckpt))
         start = json.loads((ckpt / "round.json").read_text())["next_round"]
     rank, world = accelerator.process_index, accelerator.num_processes
-    log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
+    log_path = out / "log.jsonl"
+    if accelerator.is_main_process and log_path.is_file():
+        # Rounds logged after the checkpoint (a kill between a round's log line and its
+        # checkpoint) are run again: keep only the log of the rounds the checkpoint holds.
+        kept = [x for x in log_path.read_text().splitlines() if json.loads(x)["round"] < start]
+        log_path.write_text("".join(x + "\n" for x in kept))
+    log = open(log_path, "a") if accelerator.is_main_process else None
     n_img = cfg.prompts_per_round * cfg.images_per_prompt
     rec: dict = {}
     main = accelerator.is_main_process
@@ -176,11 +182,12 @@ def run_rounds(
             "loss": float(np.mean(losses)) if losses else None,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        if main:  # the log line first: a kill before the checkpoint only repeats the round
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
         _save_checkpoint(accelerator, out, r + 1)
         if main:
             save_lora(accelerator.unwrap_model(unet), out / "lora")
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
     rec.update(
         process_index=rank,
         num_processes=world,
