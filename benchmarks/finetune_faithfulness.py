@@ -8,7 +8,8 @@ training prompts and seeds, `--images` generated images per prompt and round, th
 optimizer steps. Then one image per held-out prompt (prompts the recipes never train on,
 `--n` of each kind, paired seeds) is judged by the ShapesWorld oracle, before and after. Rows:
 
-- reward-filtered, F-CLIPScore (CLIP4DM's scalar reward) and its CLIPScore twin;
+- reward-filtered, F-CLIPScore (CLIP4DM's scalar reward) and its CLIPScore twin, and the
+  same recipe selecting by the pixel oracle (the ceiling: perfect feedback);
 - DDPO-style policy gradient with F-CLIPScore and its CLIPScore twin;
 - loop distillation (token level: the feedback loop's re-weighting of the flagged words,
   distilled into the plain prompt) and its resample control (the same loop with no
@@ -37,6 +38,7 @@ from shapesworld.pipelines import judge_tensor, load_pipeline, prompt_set
 RECIPES = {
     "reward-filtered, F-CLIPScore": ("filtered", {"reward": "f_clip_score"}),
     "reward-filtered, CLIPScore (twin)": ("filtered", {"reward": "clip_score"}),
+    "reward-filtered, oracle (ceiling)": ("filtered", {"reward": "oracle"}),
     "DDPO, F-CLIPScore": ("ddpo", {"reward": "f_clip_score"}),
     "DDPO, CLIPScore (twin)": ("ddpo", {"reward": "clip_score"}),
     "loop distillation (reweight)": ("distill", {"strategy": "reweight"}),

@@ -30,7 +30,7 @@ from generation.finetune import Collected, RoundsConfig, run_rounds, sample_roun
 from recipes.cli import parse_config
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
-REWARDS = ("f_clip_score", "clip_score")
+REWARDS = ("f_clip_score", "clip_score", "oracle")
 
 
 @dataclass
@@ -39,13 +39,17 @@ class FilteredConfig(RoundsConfig):
 
     output_dir: str = "runs/reward-filtered"
     reward: str = "f_clip_score"
-    """f_clip_score (CLIP4DM, ties by CLIPScore) or clip_score (the twin)."""
+    """f_clip_score (CLIP4DM, ties by CLIPScore), clip_score (the twin) or oracle (the
+    ShapesWorld ceiling: the pixel oracle's verdict, ties by CLIPScore; not a detector)."""
 
 
 def make_reward(detector: str, which: str, device):
     """reward(images, prompts) -> (N,): F-CLIPScore / |eps| (+ a CLIPScore tie-break far
-    below one eps unit), or CLIPScore."""
+    below one eps unit), CLIPScore, or the ShapesWorld oracle's verdict (1 when the image
+    satisfies the whole prompt; + the same CLIPScore tie-break): what perfect feedback would
+    select, the ceiling of selection-based recipes."""
     from feedback import FeedbackReward, MisalignmentDetector, RewardConfig
+    from shapesworld.pipelines import judge_tensor
 
     eps = loop_threshold(detector=detector)
     det = MisalignmentDetector.from_pretrained(
@@ -55,7 +59,13 @@ def make_reward(detector: str, which: str, device):
 
     def reward(images, prompts):
         rewards, info = fr(images, prompts)
-        return rewards if which == "f_clip_score" else info.output.clip_score
+        if which == "f_clip_score":
+            return rewards
+        clip = info.output.clip_score
+        if which == "oracle":
+            ok = [judge_tensor(im, p).all_correct for im, p in zip(images, prompts)]
+            return torch.tensor(ok, dtype=clip.dtype, device=clip.device) + 1e-3 * clip
+        return clip
 
     return reward
 

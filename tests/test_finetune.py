@@ -201,3 +201,25 @@ def test_denoising_loss_noises_each_example_at_its_own_timestep():
     want = acp.sqrt() * latents + (1 - acp).sqrt() * noise
     assert len(set(seen["t"].tolist())) > 10
     torch.testing.assert_close(seen["noisy"], want)
+
+
+def test_oracle_reward_ranks_right_images_above_wrong_ones():
+    """The ceiling row's reward: 1 (+ a CLIPScore tie-break) when the oracle finds the image
+    right, below 1 when it does not."""
+    import numpy as np
+    from torchvision.transforms.functional import to_tensor
+
+    from recipes.finetune_reward_filtered import make_reward
+    from shapesworld.captions import describe
+    from shapesworld.render import render_scene
+    from shapesworld.scenes import sample_scene
+
+    rng = np.random.default_rng(3)
+    scene = sample_scene(rng, 1)
+    text = describe(scene, rng).text
+    color = scene.objects[0].color
+    wrong = text.replace(color, "green" if color != "green" else "red")
+    image = to_tensor(render_scene(scene, 64))
+    reward = make_reward("shapes-tiny", "oracle", "cpu")
+    r = reward(torch.stack([image, image]), [text, wrong])
+    assert r[0] >= 1 > r[1]
