@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from shapesworld.pipelines import judge_tensor, load_pipeline, prompt_set
+from shapesworld.pipelines import generate_and_judge, load_pipeline, prompt_set
 
 RECIPES = {
     "reward-filtered, F-CLIPScore": ("filtered", {"reward": "f_clip_score"}),
@@ -54,22 +54,10 @@ TWINS = {
 }
 
 
-def satisfaction(pipe, prompts, steps: int = 20, batch: int = 25) -> np.ndarray:
+def satisfaction(pipe, prompts) -> np.ndarray:
     """Whole-prompt oracle verdict of one image per prompt (prompt i: seed 5000 + i)."""
-    ok = []
-    for i in range(0, len(prompts), batch):
-        chunk = [p.text for p in prompts[i : i + batch]]
-        gens = [torch.Generator().manual_seed(5000 + i + j) for j in range(len(chunk))]
-        with torch.no_grad():
-            imgs = pipe(
-                chunk,
-                num_inference_steps=steps,
-                guidance_scale=4.0,
-                generator=gens,
-                output_type="pt",
-            ).images
-        ok += [judge_tensor(im, p).all_correct for im, p in zip(imgs, chunk)]
-    return np.array(ok)
+    made = generate_and_judge(pipe, [p.text for p in prompts], seed=5000)
+    return np.array([j.all_correct for _, _, j in made])
 
 
 def main():

@@ -17,13 +17,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from recipes.cli import parse_config
 from shapesworld.pipelines import (
     VALIDATION_SEED,
-    judge_tensor,
+    generate_and_judge,
     load_pipeline,
     prompt_set,
     word_kind_accuracy,
@@ -52,21 +49,17 @@ def validate(pipe, n: int, steps: int, guidance: float, batch: int) -> tuple[dic
     out, made = {}, []
     for k in (1, 2):
         prompts = prompt_set(n, n_objects=k, seed=VALIDATION_SEED + k)
-        judgements = []
         t0 = time.perf_counter()
-        for i in tqdm(range(0, n, batch), desc=f"{k}-object"):
-            chunk = [p.text for p in prompts[i : i + batch]]
-            gens = [torch.Generator().manual_seed(i + j) for j in range(len(chunk))]
-            imgs = pipe(
-                chunk,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=gens,
-                output_type="pt",
-            ).images
-            js = [judge_tensor(im, p) for im, p in zip(imgs, chunk)]
-            judgements += js
-            made += list(zip(imgs, chunk, js))
+        triples = generate_and_judge(
+            pipe,
+            [p.text for p in prompts],
+            steps=steps,
+            guidance=guidance,
+            batch=batch,
+            desc=f"{k}-object",
+        )
+        judgements = [j for _, _, j in triples]
+        made += triples
         out[f"{k}_object"] = {
             "prompts": n,
             "fully_right": sum(j.all_correct for j in judgements) / n,

@@ -77,6 +77,38 @@ def judge_tensor(image, prompt: str):
     return judge(Image.fromarray(arr.astype("uint8")), prompt)
 
 
+def generate_and_judge(
+    pipe,
+    prompts: list[str],
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 4.0,
+    batch: int = 25,
+    desc: str | None = None,
+) -> list[tuple]:
+    """One image per prompt (prompt k seeded `seed + k`), each judged by the oracle.
+
+    Returns (image (3, H, W) in [0, 1], prompt, `OracleJudgement`) triples in prompt order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(prompts), batch), desc=desc, disable=desc is None):
+        chunk = list(prompts[i : i + batch])
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        with torch.no_grad():
+            imgs = pipe(
+                chunk,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=gens,
+                output_type="pt",
+            ).images
+        out += [(im, p, judge_tensor(im, p)) for im, p in zip(imgs, chunk)]
+    return out
+
+
 def word_kind_accuracy(judgements) -> dict[str, float]:
     """Share of right words per word kind (color, shape, size, position) over judgements."""
     right: dict[str, int] = {}

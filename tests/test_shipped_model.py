@@ -114,3 +114,20 @@ def test_generated_image_detector_catches_more_at_the_same_false_alarm_rate():
                     hits += w.misaligned
         caught[name] = hits / wrong
     assert caught["shapes-tiny-gen"] > caught["shapes-tiny"], caught
+
+
+def test_generate_and_judge_seeds_each_prompt_whatever_the_batching():
+    import torch
+
+    from shapesworld.pipelines import generate_and_judge, load_pipeline
+
+    pipe = load_pipeline()
+    prompts = ["a red circle", "a blue square to the left of a green cross", "a small star"]
+    one = generate_and_judge(pipe, prompts, seed=7, steps=2, batch=1)
+    two = generate_and_judge(pipe, prompts, seed=7, steps=2, batch=2)
+    assert [p for _, p, _ in one] == prompts
+    for (a, _, ja), (b, _, jb) in zip(one, two):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        assert ja.all_correct == jb.all_correct
+    other = generate_and_judge(pipe, prompts[:1], seed=8, steps=2)
+    assert not torch.equal(other[0][0], one[0][0])
