@@ -15,8 +15,9 @@ optimizer steps. Then one image per held-out prompt (prompts the recipes never t
   distilled into the plain prompt) and its resample control (the same loop with no
   word-level fix).
 
-Recipes already trained in `--out` are not trained again (each resumes from its checkpoint),
-so an interrupted benchmark picks up where it stopped.
+Recipes already trained in `--out` are not trained again (each resumes from its checkpoint)
+and held-out verdicts are written as each pipeline is judged (reused while its LoRA and the
+prompts are unchanged), so an interrupted benchmark picks up where it stopped.
 
 Prints a table (whole-prompt satisfaction per prompt kind, with a paired bootstrap 95%
 interval of the two-object difference to the CLIPScore twin) and writes the training curves
@@ -26,6 +27,7 @@ interval of the two-object difference to the CLIPScore twin) and writes the trai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,6 +50,7 @@ RECIPES = {
 #: best-of-N by CLIPScore, the same number of plain samples per prompt).
 TWINS = {
     "reward-filtered, F-CLIPScore": "reward-filtered, CLIPScore (twin)",
+    "reward-filtered, oracle (ceiling)": "reward-filtered, CLIPScore (twin)",
     "DDPO, F-CLIPScore": "DDPO, CLIPScore (twin)",
     "loop distillation (reweight)": "reward-filtered, CLIPScore (twin)",
     "loop distillation (resample control)": "reward-filtered, CLIPScore (twin)",
@@ -58,6 +61,26 @@ def satisfaction(pipe, prompts) -> np.ndarray:
     """Whole-prompt oracle verdict of one image per prompt (prompt i: seed 5000 + i)."""
     made = generate_and_judge(pipe, [p.text for p in prompts], seed=5000)
     return np.array([j.all_correct for _, _, j in made])
+
+
+def held_out(cache: Path, key: str, make_pipe, held: dict) -> dict[int, np.ndarray]:
+    """Verdicts on the held-out prompts of each kind, written to `cache` as soon as they are
+    known and read back when `key` (what was evaluated) and the prompts are unchanged."""
+    n = {str(k): len(v) for k, v in held.items()}
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key and saved["n"] == n:
+            return {int(k): np.array(v, dtype=bool) for k, v in saved["verdicts"].items()}
+    pipe = make_pipe()
+    verdicts = {k: satisfaction(pipe, held[k]) for k in held}
+    cache.write_text(
+        json.dumps({"key": key, "n": n, "verdicts": {k: v.tolist() for k, v in verdicts.items()}})
+    )
+    return verdicts
+
+
+def _lora_key(folder: Path) -> str:
+    return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
 
 
 def main():
@@ -85,8 +108,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held = {k: prompt_set(args.n, n_objects=k) for k in (1, 2)}
-    pipe = load_pipeline()
-    results = {"base (no fine-tuning)": {k: satisfaction(pipe, held[k]) for k in (1, 2)}}
+    results = {"base (no fine-tuning)": held_out(out / "base.json", "base", load_pipeline, held)}
     logs = {}
     recipes = {k: v for k, v in RECIPES.items() if not args.only or any(o in k for o in args.only)}
     for name, (kind, extra) in tqdm(recipes.items(), desc="recipes"):
@@ -107,9 +129,13 @@ def main():
             "distill": (distill, DistillConfig),
         }[kind]
         train(config(**common, **extra))
-        tuned = load_pipeline()
-        tuned.load_lora_weights(str(run / "lora"))
-        results[name] = {k: satisfaction(tuned, held[k]) for k in (1, 2)}
+
+        def tuned(run=run):
+            pipe = load_pipeline()
+            pipe.load_lora_weights(str(run / "lora"))
+            return pipe
+
+        results[name] = held_out(run / "held_out.json", _lora_key(run / "lora"), tuned, held)
         logs[name] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
 
     base = results["base (no fine-tuning)"]
