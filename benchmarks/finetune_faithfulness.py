@@ -79,6 +79,57 @@ def held_out(cache: Path, key: str, make_pipe, held: dict) -> dict[int, np.ndarr
     return verdicts
 
 
+def _unit(name: str) -> str:
+    """What a recipe's logged reward measures."""
+    if "oracle" in name:
+        return "oracle"
+    return "clip_score" if "CLIPScore (twin)" in name else "f_clip_score"
+
+
+def plot(path: Path, table: dict, logs: dict) -> None:
+    """Held-out satisfaction per recipe (with the two-object interval against base) and the
+    training curves: each recipe's mean reward per round, one panel per reward unit."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no curves)")
+        return
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    names = list(table)
+    y = np.arange(len(names))
+    two = [100 * table[n]["two_object"] for n in names]
+    one = [100 * table[n]["one_object"] for n in names]
+    ax[0].barh(y + 0.2, two, height=0.4, label="two-object")
+    ax[0].barh(y - 0.2, one, height=0.4, label="one-object")
+    base = two[0]
+    for i, n in enumerate(names):
+        if "vs_base" in table[n]:
+            _, lo, hi = table[n]["vs_base"]
+            ax[0].plot([base + lo, base + hi], [i + 0.2, i + 0.2], color="k", lw=1)
+    ax[0].set_yticks(y, names, fontsize=7)
+    ax[0].invert_yaxis()
+    ax[0].set(xlabel="held-out prompts satisfied (%, oracle)", xlim=(0, 100))
+    ax[0].legend(fontsize=7)
+    labels = {
+        "f_clip_score": "F-CLIPScore reward (eps units; 0 = nothing flagged)",
+        "clip_score": "CLIPScore",
+        "oracle": "oracle: share of training images right",
+    }
+    for a, unit in zip(ax[1:], labels):
+        for name, log in logs.items():
+            if _unit(name) == unit:
+                a.plot([x["round"] for x in log], [x["reward_all"] for x in log], label=name)
+        a.set(xlabel="round", ylabel=labels[unit])
+        if a.lines:
+            a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\ncurves: {path}")
+
+
 def _lora_key(folder: Path) -> str:
     return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
 
@@ -103,7 +154,12 @@ def main():
     p.add_argument("--detector", default="shapes-tiny")
     p.add_argument("--only", nargs="+", default=None, help="recipes whose name has one of these")
     p.add_argument("--out", default="runs/finetune-bench")
+    p.add_argument("--plot-only", action="store_true", help="redraw from OUT/results.json")
     args = p.parse_args()
+    if args.plot_only:
+        saved = json.loads((Path(args.out) / "results.json").read_text())
+        plot(Path(args.out) / "curves.png", saved["table"], saved["logs"])
+        return
     torch.set_num_threads(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,25 +221,7 @@ def main():
             + " |"
         )
     (out / "results.json").write_text(json.dumps({"table": table, "logs": logs}, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-        for name, log in logs.items():
-            rounds = [x["round"] for x in log]
-            ax[0].plot(rounds, [x["reward_all"] for x in log], label=name)
-            ax[1].plot(rounds, [x["kept"] for x in log], label=name)
-        ax[0].set(xlabel="round", ylabel="mean training reward (recipe's own units)")
-        ax[1].set(xlabel="round", ylabel="images learned from")
-        ax[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "curves.png", dpi=120)
-        print(f"\ncurves: {out / 'curves.png'}")
-    except ImportError:
-        print("(matplotlib not installed: no curves)")
+    plot(out / "curves.png", table, logs)
 
 
 if __name__ == "__main__":
