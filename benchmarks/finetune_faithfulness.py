@@ -9,7 +9,8 @@ optimizer steps. Then one image per held-out prompt (prompts the recipes never t
 `--n` of each kind, paired seeds) is judged by the ShapesWorld oracle, before and after. Rows:
 
 - reward-filtered, F-CLIPScore (CLIP4DM's scalar reward) and its CLIPScore twin, and the
-  same recipe selecting by the pixel oracle (the ceiling: perfect feedback);
+  same recipe learning only from images the pixel oracle finds right (the ceiling: perfect
+  feedback);
 - DDPO-style policy gradient with F-CLIPScore and its CLIPScore twin;
 - loop distillation (token level: the feedback loop's re-weighting of the flagged words,
   distilled into the plain prompt) and its resample control (the same loop with no
@@ -40,7 +41,10 @@ from shapesworld.pipelines import generate_and_judge, load_pipeline, prompt_set
 RECIPES = {
     "reward-filtered, F-CLIPScore": ("filtered", {"reward": "f_clip_score"}),
     "reward-filtered, CLIPScore (twin)": ("filtered", {"reward": "clip_score"}),
-    "reward-filtered, oracle (ceiling)": ("filtered", {"reward": "oracle"}),
+    "reward-filtered, oracle (ceiling)": (
+        "filtered",
+        {"reward": "oracle", "min_reward": 1.0, "keep_fraction": 1.0},
+    ),
     "DDPO, F-CLIPScore": ("ddpo", {"reward": "f_clip_score"}),
     "DDPO, CLIPScore (twin)": ("ddpo", {"reward": "clip_score"}),
     "loop distillation (reweight)": ("distill", {"strategy": "reweight"}),
@@ -150,6 +154,10 @@ def main():
     p.add_argument("--images", type=int, default=4, help="images per prompt and round")
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per round")
     p.add_argument("--lr", type=float, default=None, help="learning rate (recipe default)")
+    p.add_argument("--caption-dropout", type=float, default=0.0, help="denoising recipes")
+    p.add_argument(
+        "--keep-fraction", type=float, default=1.0, help="reward-filtered: top share of bests"
+    )
     p.add_argument("--n", type=int, default=150, help="held-out prompts of each kind")
     p.add_argument("--detector", default="shapes-tiny")
     p.add_argument("--only", nargs="+", default=None, help="recipes whose name has one of these")
@@ -177,6 +185,7 @@ def main():
             images_per_prompt=args.images,
             steps_per_round=args.steps,
             resume=True,
+            caption_dropout=args.caption_dropout,
             **({"lr": args.lr} if args.lr is not None else {}),
         )
         train, config = {
@@ -184,6 +193,8 @@ def main():
             "ddpo": (ddpo, DDPOConfig),
             "distill": (distill, DistillConfig),
         }[kind]
+        if kind == "filtered":
+            extra = {"keep_fraction": args.keep_fraction, **extra}
         train(config(**common, **extra))
 
         def tuned(run=run):

@@ -72,7 +72,7 @@ def main(cfg: DDPOConfig) -> dict:
             tr.images, texts, float(rewards.mean()), float(rewards.mean()), len(texts), (tr, adv)
         )
 
-    def objective(pipe, got: Collected, gen: torch.Generator):
+    def objective(pipe, got: Collected, gen: torch.Generator, cfg: DDPOConfig):
         tr, adv = got.payload
         sched = ddim_scheduler(pipe, cfg.sample_steps)
         n = len(adv)

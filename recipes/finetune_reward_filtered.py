@@ -41,6 +41,12 @@ class FilteredConfig(RoundsConfig):
     reward: str = "f_clip_score"
     """f_clip_score (CLIP4DM, ties by CLIPScore), clip_score (the twin) or oracle (the
     ShapesWorld ceiling: the pixel oracle's verdict, ties by CLIPScore; not a detector)."""
+    keep_fraction: float = 1.0
+    """Of the prompts' best images, learn only from this top share by reward across the
+    round (RAFT's global filter: a prompt whose best image is still poor teaches nothing)."""
+    min_reward: float = float("-inf")
+    """Learn only from best images with at least this reward (f_clip_score: 0 = nothing
+    flagged; oracle: 1 = right)."""
 
 
 def make_reward(detector: str, which: str, device):
@@ -87,12 +93,12 @@ def main(cfg: FilteredConfig) -> dict:
             num_inference_steps=cfg.sample_steps,
             guidance_scale=cfg.guidance,
         )
-        keep = s.best_per_prompt(cfg.images_per_prompt)
+        keep = s.filtered(cfg.images_per_prompt, cfg.keep_fraction, cfg.min_reward)
         return Collected(
             s.images[keep],
             [s.prompts[i] for i in keep],
             float(s.rewards.mean()),
-            float(s.rewards[keep].mean()),
+            float(s.rewards[keep].mean()) if keep else None,
             len(s.prompts),
         )
 

@@ -223,3 +223,18 @@ def test_oracle_reward_ranks_right_images_above_wrong_ones():
     reward = make_reward("shapes-tiny", "oracle", "cpu")
     r = reward(torch.stack([image, image]), [text, wrong])
     assert r[0] >= 1 > r[1]
+
+
+def test_round_filter_keeps_each_prompts_best_then_the_top_share_above_a_floor():
+    from generation.finetune import RoundSamples
+
+    # 4 prompts x 3 images; bests: prompt 0 -> idx 1 (0.9), 1 -> 3 (0.2, tied), 2 -> 6 (0.7),
+    # 3 -> 10 (-0.5)
+    r = torch.tensor([0.1, 0.9, 0.0, 0.2, 0.1, 0.2, 0.7, 0.3, 0.6, -1.0, -0.5, -0.9])
+    s = RoundSamples(torch.zeros(12, 3, 2, 2), ["p"] * 12, r, list(range(12)))
+    assert s.best_per_prompt(3) == [1, 3, 6, 10]  # first of tied bests
+    assert s.filtered(3) == [1, 3, 6, 10]
+    assert s.filtered(3, keep_fraction=0.5) == [1, 6]
+    assert s.filtered(3, min_reward=0.0) == [1, 3, 6]
+    assert s.filtered(3, keep_fraction=0.25, min_reward=0.0) == [1]
+    assert s.filtered(3, min_reward=2.0) == []

@@ -25,6 +25,16 @@ class RoundSamples:
         r = self.rewards.view(-1, per_prompt)
         return (r.argmax(dim=1) + torch.arange(r.shape[0]) * per_prompt).tolist()
 
+    def filtered(
+        self, per_prompt: int, keep_fraction: float = 1.0, min_reward: float = float("-inf")
+    ) -> list[int]:
+        """RAFT's filter: each prompt's best image if its reward is at least `min_reward`,
+        then only the top `keep_fraction` of the prompts (by that reward; ties keep the
+        earlier prompt). Indices in prompt order."""
+        best = [i for i in self.best_per_prompt(per_prompt) if self.rewards[i] >= min_reward]
+        n_top = round(keep_fraction * len(self.rewards) / per_prompt)
+        return sorted(sorted(best, key=lambda i: -float(self.rewards[i]))[:n_top])
+
 
 @torch.no_grad()
 def sample_round(

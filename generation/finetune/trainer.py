@@ -46,6 +46,10 @@ class RoundsConfig:
     seed: int = 0
     resume: bool = False
     threads: int = 2
+    caption_dropout: float = 0.0
+    """Share of denoising examples trained with the empty prompt instead of their own, so the
+    unconditional prediction that classifier-free guidance subtracts is trained on the same
+    images (as in the base model's training); 0 trains the conditional prediction only."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +87,9 @@ def _image_size(pipe) -> tuple[int, int]:
     return (px, px)
 
 
-def denoising_objective(pipe, got: Collected, gen: torch.Generator):
-    """The default objective: the diffusion loss on the collected images with their prompts.
+def denoising_objective(pipe, got: Collected, gen: torch.Generator, cfg: RoundsConfig):
+    """The default objective: the diffusion loss on the collected images with their prompts
+    (the empty prompt for a `cfg.caption_dropout` share of examples).
 
     Returns (number of items, loss_fn(unet, idx) -> scalar loss on items `idx`)."""
     kept = len(got.prompts)
@@ -94,10 +99,15 @@ def denoising_objective(pipe, got: Collected, gen: torch.Generator):
     latents = encode_images(pipe.vae, images, gen)
     with torch.no_grad():
         embeds = pipe.encode_prompt(got.prompts or [""], pipe.device, 1, False)[0]
+        empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]
     weight = torch.ones(len(latents)) if kept else torch.zeros(1)
 
     def loss_fn(unet, idx):
-        return denoising_loss(unet, pipe.scheduler, latents[idx], embeds[idx], gen, weight[idx])
+        cond = embeds[idx]
+        if cfg.caption_dropout > 0:
+            drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(cond.device)
+            cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+        return denoising_loss(unet, pipe.scheduler, latents[idx], cond, gen, weight[idx])
 
     return len(latents), loss_fn
 
@@ -114,8 +124,9 @@ def run_rounds(
     collect(pipe, prompts, seeds): the round's images to learn from (seeds: one per image the
         round may generate, `images_per_prompt` per prompt, prompt-major).
     prompts_for(round, process_index): that process's training prompts for the round.
-    objective(pipe, collected, generator) -> (n_items, loss_fn(unet, idx)): what the optimizer
-        steps minimize on random minibatches of the round's items (default: denoising).
+    objective(pipe, collected, generator, cfg) -> (n_items, loss_fn(unet, idx)): what the
+        optimizer steps minimize on random minibatches of the round's items (default:
+        denoising).
     Returns the last round's log record with the run's `lora_digest`.
     """
     from accelerate import Accelerator
@@ -163,7 +174,7 @@ def run_rounds(
         rng = np.random.default_rng([cfg.seed, r, rank])
         losses = []
         kept = len(got.prompts)
-        n_items, loss_fn = objective(pipe, got, gen)
+        n_items, loss_fn = objective(pipe, got, gen, cfg)
         pipe.unet.train()
         for _ in range(cfg.steps_per_round * cfg.gradient_accumulation_steps):
             idx = torch.from_numpy(rng.choice(n_items, size=min(cfg.batch_size, n_items)))
