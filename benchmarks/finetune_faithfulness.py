@@ -1,7 +1,8 @@
 """Does LoRA fine-tuning on CLIP4DM feedback make the shipped pipeline satisfy more prompts?
 
-    python benchmarks/finetune_faithfulness.py [--rounds 8] [--prompts 16] [--n 150] \
-        [--detector shapes-tiny-gen] [--out runs/finetune-bench]
+    python benchmarks/finetune_faithfulness.py [--rounds 12] [--prompts 32] [--n 150] \
+        [--detector shapes-tiny-gen] [--keep-fraction 0.5] [--caption-dropout 0.2] \
+        [--out runs/finetune-bench]
 
 Every recipe is trained from the same shipped `shapes-sd-tiny` at equal compute: the same
 training prompts and seeds, `--images` generated images per prompt and round, the same
@@ -116,7 +117,7 @@ def plot(path: Path, table: dict, logs: dict) -> None:
     ax[0].set_yticks(y, names, fontsize=7)
     ax[0].invert_yaxis()
     ax[0].set(xlabel="held-out prompts satisfied (%, oracle)", xlim=(0, 100))
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7, loc="center right")
     labels = {
         "f_clip_score": "F-CLIPScore reward (eps units; 0 = nothing flagged)",
         "clip_score": "CLIPScore",
@@ -149,17 +150,17 @@ def main():
     from recipes.finetune_reward_filtered import main as filtered
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--prompts", type=int, default=16, help="training prompts per round")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--prompts", type=int, default=32, help="training prompts per round")
     p.add_argument("--images", type=int, default=4, help="images per prompt and round")
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per round")
     p.add_argument("--lr", type=float, default=None, help="learning rate (recipe default)")
-    p.add_argument("--caption-dropout", type=float, default=0.0, help="denoising recipes")
+    p.add_argument("--caption-dropout", type=float, default=0.2, help="denoising recipes")
     p.add_argument(
-        "--keep-fraction", type=float, default=1.0, help="reward-filtered: top share of bests"
+        "--keep-fraction", type=float, default=0.5, help="reward-filtered: top share of bests"
     )
     p.add_argument("--n", type=int, default=150, help="held-out prompts of each kind")
-    p.add_argument("--detector", default="shapes-tiny")
+    p.add_argument("--detector", default="shapes-tiny-gen")
     p.add_argument("--only", nargs="+", default=None, help="recipes whose name has one of these")
     p.add_argument("--out", default="runs/finetune-bench")
     p.add_argument("--plot-only", action="store_true", help="redraw from OUT/results.json")

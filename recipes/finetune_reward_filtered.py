@@ -41,7 +41,7 @@ class FilteredConfig(RoundsConfig):
     reward: str = "f_clip_score"
     """f_clip_score (CLIP4DM, ties by CLIPScore), clip_score (the twin) or oracle (the
     ShapesWorld ceiling: the pixel oracle's verdict, ties by CLIPScore; not a detector)."""
-    keep_fraction: float = 1.0
+    keep_fraction: float = 0.5
     """Of the prompts' best images, learn only from this top share by reward across the
     round (RAFT's global filter: a prompt whose best image is still poor teaches nothing)."""
     min_reward: float = float("-inf")

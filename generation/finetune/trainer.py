@@ -28,9 +28,10 @@ class RoundsConfig:
 
     output_dir: str = "runs/finetune"
     pipeline: str = "shapes-sd-tiny"
-    detector: str = "shapes-tiny"
-    rounds: int = 8
-    prompts_per_round: int = 16
+    detector: str = "shapes-tiny-gen"
+    """The CLIP4DM detector (and its loop eps from the pipeline card)."""
+    rounds: int = 12
+    prompts_per_round: int = 32
     """Per process."""
     images_per_prompt: int = 4
     """Images generated per prompt and round (the compute the recipes are compared at)."""
@@ -46,10 +47,11 @@ class RoundsConfig:
     seed: int = 0
     resume: bool = False
     threads: int = 2
-    caption_dropout: float = 0.0
+    caption_dropout: float = 0.2
     """Share of denoising examples trained with the empty prompt instead of their own, so the
     unconditional prediction that classifier-free guidance subtracts is trained on the same
-    images (as in the base model's training); 0 trains the conditional prediction only."""
+    images (as in the base model's training); 0 trains the conditional prediction only.
+    Denoising objectives only (DDPO's policy objective ignores it)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
