@@ -84,6 +84,14 @@ def _save_checkpoint(accelerator, out: Path, next_round: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def _logged_round(line: str) -> float:
+    """The round a log line records (infinity for a line that does not parse)."""
+    try:
+        return json.loads(line)["round"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 def _image_size(pipe) -> tuple[int, int]:
     px = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return (px, px)
@@ -160,7 +168,8 @@ def run_rounds(
     if accelerator.is_main_process and log_path.is_file():
         # Rounds logged after the checkpoint (a kill between a round's log line and its
         # checkpoint) are run again: keep only the log of the rounds the checkpoint holds.
-        kept = [x for x in log_path.read_text().splitlines() if json.loads(x)["round"] < start]
+        # (A line cut short by the kill is dropped too.)
+        kept = [x for x in log_path.read_text().splitlines() if _logged_round(x) < start]
         log_path.write_text("".join(x + "\n" for x in kept))
     log = open(log_path, "a") if accelerator.is_main_process else None
     n_img = cfg.prompts_per_round * cfg.images_per_prompt
