@@ -98,9 +98,14 @@ class FeedbackReward:
             )
         self.unit = float(unit)
 
+    def image_reward(self, f_clip_score, clip_score):
+        """The image reward from already computed scores (floats or tensors of the same
+        shape), e.g. from a loop's reports, without scoring the images again."""
+        return f_clip_score / self.unit + self.config.clip_score_weight * clip_score
+
     def __call__(self, images, prompts, metadata=None) -> tuple[torch.Tensor, RewardInfo]:
         out = self.detector.score(images, list(prompts), nan_policy="mask")
-        rewards = out.f_clip_score / self.unit + self.config.clip_score_weight * out.clip_score
+        rewards = self.image_reward(out.f_clip_score, out.clip_score)
         rewards = torch.where(out.valid, rewards, self.config.invalid_reward)
         info = RewardInfo(out, out.word_scores / self.unit, out.valid, self.unit)
         return rewards, info

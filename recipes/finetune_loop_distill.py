@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds
-from recipes.finetune_reward_filtered import parse_args
-from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
+from recipes.finetune_reward_filtered import CLIP_TIE_BREAK, load_detector, parse_args
+from shapesworld.pipelines import FINETUNE_SEED, prompt_set
 
 
 @dataclass
@@ -46,7 +46,7 @@ class DistillConfig(RoundsConfig):
 
 
 def main(cfg: DistillConfig) -> dict:
-    from feedback import FeedbackReward, MisalignmentDetector
+    from feedback import FeedbackReward, RewardConfig
     from generation import FeedbackPipeline, LoopConfig
 
     if cfg.keep not in ("aligned", "best"):
@@ -55,25 +55,19 @@ def main(cfg: DistillConfig) -> dict:
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "fb" not in state:
-            eps = loop_threshold(detector=cfg.detector)
-            det = MisalignmentDetector.from_pretrained(
-                cfg.detector,
-                device=str(pipe.device),
-                **({"threshold": eps} if eps is not None else {}),
-            )
+            det = load_detector(cfg.detector, pipe.device)
             loop = LoopConfig(
                 strategy=cfg.strategy,
                 max_images=cfg.images_per_prompt,
                 max_rounds=cfg.images_per_prompt,
             )
             state["fb"] = FeedbackPipeline(pipe, det, loop)
-            state["unit"] = FeedbackReward(det).unit
-        fb, unit = state["fb"], state["unit"]
+            state["fr"] = FeedbackReward(det, RewardConfig(clip_score_weight=CLIP_TIE_BREAK))
+        fb, fr = state["fb"], state["fr"]
 
         def reward(rep) -> float:
-            # FeedbackReward's value (F-CLIPScore / unit, CLIPScore tie-break as in
-            # make_reward) from the loop's own reports: no second scoring of the images.
-            return rep.f_clip_score / unit + 1e-3 * rep.clip_score
+            # make_reward's value from the loop's own reports: no second scoring of the images.
+            return fr.image_reward(rep.f_clip_score, rep.clip_score)
 
         images, kept, all_rewards, kept_rewards, made = [], [], [], [], 0
         for i, prompt in enumerate(prompts):

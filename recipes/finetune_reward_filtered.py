@@ -49,19 +49,32 @@ class FilteredConfig(RoundsConfig):
     flagged; oracle: 1 = right)."""
 
 
+#: Weight of CLIPScore (0-2.5) added to the F-CLIPScore and oracle rewards: breaks ties (many
+#: images have nothing flagged) far below one eps unit.
+CLIP_TIE_BREAK = 1e-3
+
+
+def load_detector(detector: str, device):
+    """The recipes' detector, with the pipeline card's loop eps for it where there is one."""
+    from feedback import MisalignmentDetector
+
+    eps = loop_threshold(detector=detector)
+    return MisalignmentDetector.from_pretrained(
+        detector, device=str(device), **({"threshold": eps} if eps is not None else {})
+    )
+
+
 def make_reward(detector: str, which: str, device):
     """reward(images, prompts) -> (N,): F-CLIPScore / |eps| (+ a CLIPScore tie-break far
     below one eps unit), CLIPScore, or the ShapesWorld oracle's verdict (1 when the image
     satisfies the whole prompt; + the same CLIPScore tie-break): what perfect feedback would
     select, the ceiling of selection-based recipes."""
-    from feedback import FeedbackReward, MisalignmentDetector, RewardConfig
+    from feedback import FeedbackReward, RewardConfig
     from shapesworld.pipelines import judge_tensor
 
-    eps = loop_threshold(detector=detector)
-    det = MisalignmentDetector.from_pretrained(
-        detector, device=str(device), **({"threshold": eps} if eps is not None else {})
+    fr = FeedbackReward(
+        load_detector(detector, device), RewardConfig(clip_score_weight=CLIP_TIE_BREAK)
     )
-    fr = FeedbackReward(det, RewardConfig(clip_score_weight=1e-3))
 
     def reward(images, prompts):
         rewards, info = fr(images, prompts)
@@ -70,7 +83,7 @@ def make_reward(detector: str, which: str, device):
         clip = info.output.clip_score
         if which == "oracle":
             ok = [judge_tensor(im, p).all_correct for im, p in zip(images, prompts)]
-            return torch.tensor(ok, dtype=clip.dtype, device=clip.device) + 1e-3 * clip
+            return torch.tensor(ok, dtype=clip.dtype, device=clip.device) + CLIP_TIE_BREAK * clip
         return clip
 
     return reward
