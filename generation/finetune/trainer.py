@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .lora import add_unet_lora, lora_digest, save_lora
-from .rounds import denoising_loss, encode_images
+from .rounds import denoising_loss, encode_images, training_scheduler
 
 
 @dataclass
@@ -111,13 +111,14 @@ def denoising_objective(pipe, got: Collected, gen: torch.Generator, cfg: RoundsC
         embeds = pipe.encode_prompt(got.prompts or [""], pipe.device, 1, False)[0]
         empty = pipe.encode_prompt([""], pipe.device, 1, False)[0]
     weight = torch.ones(len(latents)) if kept else torch.zeros(1)
+    noise_sched = training_scheduler(pipe.scheduler)  # once, not per optimizer step
 
     def loss_fn(unet, idx):
         cond = embeds[idx]
         if cfg.caption_dropout > 0:
             drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(cond.device)
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-        return denoising_loss(unet, pipe.scheduler, latents[idx], cond, gen, weight[idx])
+        return denoising_loss(unet, noise_sched, latents[idx], cond, gen, weight[idx])
 
     return len(latents), loss_fn
 
