@@ -85,10 +85,8 @@ def held_out(cache: Path, key: str, make_pipe, held: dict) -> dict[int, np.ndarr
 
 
 def _unit(name: str) -> str:
-    """What a recipe's logged reward measures."""
-    if "oracle" in name:
-        return "oracle"
-    return "clip_score" if "CLIPScore (twin)" in name else "f_clip_score"
+    """What a recipe's logged reward measures (loop distillation logs FeedbackReward's)."""
+    return RECIPES[name][1].get("reward", "f_clip_score")
 
 
 def plot(path: Path, table: dict, logs: dict) -> None:
