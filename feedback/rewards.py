@@ -111,11 +111,25 @@ class FeedbackReward:
         return rewards, info
 
     def token_rewards(
-        self, info: RewardInfo, tokenizer, *, max_length: int | None = None
+        self,
+        info: RewardInfo,
+        tokenizer,
+        *,
+        max_length: int | None = None,
+        prefix: str = "",
+        keep=None,
     ) -> TokenRewards:
         """Word rewards of `info` spread onto `tokenizer`'s positions for the same prompts
-        (e.g. `pipe.tokenizer`, and `pipe.tokenizer_2` for SDXL)."""
-        return token_rewards(info.output, info.word_rewards, tokenizer, max_length=max_length)
+        (any tokenizer: `pipe.tokenizer`, SDXL's `tokenizer_2`, a T5 or Gemma one with its
+        `max_sequence_length`; `generation`'s adapters give each encoder's arguments)."""
+        return token_rewards(
+            info.output,
+            info.word_rewards,
+            tokenizer,
+            max_length=max_length,
+            prefix=prefix,
+            keep=keep,
+        )
 
 
 def token_rewards(
@@ -124,18 +138,24 @@ def token_rewards(
     tokenizer,
     *,
     max_length: int | None = None,
+    prefix: str = "",
+    keep=None,
 ) -> TokenRewards:
-    """Spread per-word values (B, W) of `output`'s prompts onto `tokenizer`'s input positions."""
+    """Spread per-word values (B, W) of `output`'s prompts onto `tokenizer`'s input positions
+    (`max_length`, `prefix`, `keep`: as in `align_words`; L is the kept length)."""
     max_length = max_length or tokenizer.model_max_length
+    length = max_length if keep is None else len(keep)
     bsz = len(output.captions)
-    rewards = torch.zeros(bsz, max_length)
-    counts = torch.zeros(bsz, max_length)
-    ids = torch.zeros(bsz, max_length, dtype=torch.long)
+    rewards = torch.zeros(bsz, length)
+    counts = torch.zeros(bsz, length)
+    ids = torch.zeros(bsz, length, dtype=torch.long)
     values = word_values.detach().float().cpu()
     scored = output.word_mask.cpu()
     alignments = []
     for b, prompt in enumerate(output.captions):
-        al = align_words(prompt, tokenizer, words=output.words[b], max_length=max_length)
+        al = align_words(
+            prompt, tokenizer, words=output.words[b], max_length=max_length, prefix=prefix, keep=keep
+        )
         alignments.append(al)
         ids[b] = torch.tensor(al.input_ids)
         for i, pos in enumerate(al.positions):

@@ -1,18 +1,29 @@
 """clip4dm generation: CLIP4DM feedback in the loop of a diffusers pipeline.
 
 Entry point: `FeedbackPipeline(pipe, detector, LoopConfig(...))`, then call it like the
-pipeline. Strategies: best-of-N by F-CLIPScore, resampling until aligned, re-weighting of
-misaligned words, per-phrase guidance, automatic Attend-and-Excite.
+pipeline. Pipeline families through `generation.adapters` (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1,
+PixArt-Σ, Sana, generic); strategies through `generation.strategies` (best-of-N by
+F-CLIPScore, resampling, re-weighting of misaligned words, per-phrase guidance, automatic
+Attend-and-Excite).
 """
 
 from .attend_excite import token_indices
-from .config import RECOMMENDED_STRATEGY, STRATEGIES, LoopConfig
+from .adapters import ADAPTERS, PipelineAdapter, TextSlot, adapter_for
+from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .pipeline import FeedbackPipeline
 from .selection import best_index
+from .strategies import STRATEGIES, RoundPlan, Strategy, register
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
 
 __all__ = [
+    "ADAPTERS",
+    "PipelineAdapter",
+    "RoundPlan",
+    "Strategy",
+    "TextSlot",
+    "adapter_for",
+    "register",
     "RECOMMENDED_STRATEGY",
     "STRATEGIES",
     "FeedbackPipeline",

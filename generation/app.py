@@ -18,7 +18,8 @@ from pathlib import Path
 from feedback import InputError, MisalignmentDetector, load_image
 from feedback.errors import Clip4dmError
 
-from .config import RECOMMENDED_STRATEGY, STRATEGIES, LoopConfig
+from .config import RECOMMENDED_STRATEGY, LoopConfig
+from .strategies import STRATEGIES
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
 from .selection import best_in_rounds
@@ -126,7 +127,7 @@ class App:
             raise InputError("this server was started without a pipeline")
         prompt = self._check_caption(prompt)
         if strategy not in STRATEGIES:
-            raise InputError(f"strategy must be one of {STRATEGIES}")
+            raise InputError(f"strategy must be one of {tuple(STRATEGIES)}")
         budget = int(budget)
         if not 1 <= budget <= self.config.max_budget:
             raise InputError(f"budget must be between 1 and {self.config.max_budget}")
@@ -163,7 +164,7 @@ def _page(h: PromptHistory, oracle, running: bool) -> str:
     status = (
         f"round {len(h.rounds)} done, working…"
         if running
-        else f"done: {h.num_images} image(s), stopped: {h.stopped}"
+        else f"done: {h.num_images} image(s), stopped: {h.stop_text}"
         + (f" · oracle: kept image {'right' if verdict == 'yes' else 'wrong'}" if verdict else "")
     )
     return f"<div class='status'>{html.escape(status)}</div>{cards}"

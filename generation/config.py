@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-STRATEGIES = ("best_of_n", "resample", "reweight", "phrase_guidance", "attend_and_excite")
 #: What `clip4dm demo`/`generate`/`app` use unless told otherwise: the strategy with the best
 #: oracle-judged satisfaction in `benchmarks/loop_faithfulness.py` on the shipped models
 #: (README, "The loop on ShapesWorld"): at 4 images, no fix beat plain best-of-N there.
@@ -15,7 +14,8 @@ RECOMMENDED_STRATEGY = "best_of_n"
 class LoopConfig:
     """How the feedback loop spends its image budget on one prompt.
 
-    strategy: "best_of_n" (one round of `max_images` samples, keep the best),
+    strategy: a registered strategy (`generation.strategies.STRATEGIES`; default the
+        recommended one, `RECOMMENDED_STRATEGY`): "best_of_n" (one round of `max_images` samples, keep the best),
         "resample" (new seeds, same prompt, until the detector finds nothing misaligned or
         the budget is spent: best-of-N that stops early, the control for every fix below),
         "reweight" (raise the weights of misaligned words, regenerate),
@@ -44,7 +44,7 @@ class LoopConfig:
     seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
     """
 
-    strategy: str = "reweight"
+    strategy: str = RECOMMENDED_STRATEGY
     max_images: int = 4
     max_rounds: int = 4
     samples_per_round: int = 1
@@ -60,8 +60,12 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self):
+        from .strategies import STRATEGIES
+
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ValueError(
+                f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}"
+            )
         for name in ("max_images", "max_rounds", "samples_per_round"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

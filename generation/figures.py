@@ -115,7 +115,7 @@ def write_html(
         rows.append(
             f"<tr><td>{html.escape(h.prompt)}</td><td>{h.num_images}</td>"
             f"<td>{html.escape(', '.join(rep.misaligned_words) or '-')}</td>"
-            f"<td>{h.stopped}</td><td>{verdict_ok or '-'}</td></tr>"
+            f"<td>{html.escape(h.stop_text)}</td><td>{verdict_ok or '-'}</td></tr>"
         )
         blocks.append(f"<div class='prompt'>{html.escape(h.prompt)}</div>{cards}")
     head = (

@@ -34,12 +34,14 @@ def _extend(x, b: int, p: int):
 def phrase_guidance(pipe, phrase_embeds: torch.Tensor, weights: Sequence[float]):
     """Within the block, `pipe`'s UNet adds the per-phrase guidance terms.
 
+    pipe: a UNet pipeline, or a `generation.adapters.PipelineAdapter` (its denoiser is used).
+
     phrase_embeds: (P, L, D) text-encoder outputs of the P phrases (as `prompt_embeds`).
     weights: P weights w_k, relative to the pipeline's guidance scale (0 = no term; phrases
         with weight 0 are not run at all).
     """
     keep = [k for k, w in enumerate(weights) if w != 0]
-    unet = pipe.unet
+    unet = pipe.denoiser if hasattr(pipe, "denoiser") else pipe.unet
     if not keep:
         yield
         return

@@ -22,6 +22,9 @@ class RoundRecord:
     phrases / phrase_weights: the prompt's object phrases and the per-phrase guidance weight
         each had this round (relative to the guidance scale; 0 = no term), "phrase_guidance"
         only.
+    truncated: per text encoder whose window cuts the prompt, the words it never sees (an
+        encoder missing here sees every word; e.g. CLIP's 77 tokens vs T5's 256-512).
+    extra: what a strategy recorded beyond these fields.
     """
 
     round: int
@@ -35,11 +38,23 @@ class RoundRecord:
     token_indices: list[int] = field(default_factory=list)
     phrases: list[str] = field(default_factory=list)
     phrase_weights: list[float] = field(default_factory=list)
+    truncated: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}
         d["reports"] = [r.to_dict() for r in self.reports]
         return d
+
+
+#: What each `PromptHistory.stopped` code means, in the words reports and the app show.
+STOP_REASONS = {
+    "nothing_flagged": "the detector found nothing wrong",
+    "max_images": "image budget spent",
+    "max_rounds": "round budget spent",
+    "no_fix": "no fix left to try",
+    "running": "running",
+}
 
 
 @dataclass
@@ -58,12 +73,19 @@ class PromptHistory:
     rounds: list[RoundRecord]
     best: tuple[int, int]
     stopped: str
-    """Why the loop stopped: "aligned", "max_images", "max_rounds" or "no_fix"."""
+    """Why the loop stopped: "nothing_flagged" (the detector found nothing wrong in the kept
+    image: what it knows, not proof the image is right), "max_images", "max_rounds" or "no_fix"
+    (the strategy had nothing to try)."""
 
     @property
     def best_report(self) -> MisalignmentReport:
         r, i = self.best
         return self.rounds[r].reports[i]
+
+    @property
+    def stop_text(self) -> str:
+        """`stopped` in words (see `STOP_REASONS`)."""
+        return STOP_REASONS.get(self.stopped, self.stopped)
 
     @property
     def num_images(self) -> int:

@@ -164,7 +164,7 @@ def test_loop_stops_when_nothing_is_misaligned(sd_pipe, tiny_open_clip_dir):
     fb = FeedbackPipeline(sd_pipe, det, LoopConfig(strategy="reweight", max_images=4))
     out = fb(PROMPT, **GEN)
     h = out.history[0]
-    assert h.stopped == "aligned" and len(h.rounds) == 1 and h.num_images == 1
+    assert h.stopped == "nothing_flagged" and len(h.rounds) == 1 and h.num_images == 1
     assert not h.best_report.misaligned_words
 
 
@@ -460,4 +460,4 @@ def test_resample_is_best_of_n_that_stops_early(sd_pipe, tiny_open_clip_dir):
     h = FeedbackPipeline(sd_pipe, ok, LoopConfig(strategy="resample", max_images=3))(
         TWO, **GEN
     ).history[0]
-    assert h.num_images == 1 and h.stopped == "aligned"
+    assert h.num_images == 1 and h.stopped == "nothing_flagged"

@@ -1,0 +1,318 @@
+"""`PipelineAdapter`: what the feedback loop needs to know about one diffusers pipeline family.
+
+The loop never touches a pipeline's internals directly. An adapter says:
+
+- its text slots (`TextSlot`): each tokenizer, the input length its encoder reads (77 for CLIP,
+  `max_sequence_length` for T5/Gemma) and where that encoder's tokens sit in the
+  `prompt_embeds` the pipeline accepts (SDXL joins two CLIP encoders along the feature axis,
+  SD3 joins CLIP and T5 along the sequence axis, FLUX's sequence is T5 only);
+- `encode(prompt, words, weights)`: the pipeline's own `encode_prompt`, then each encoder's
+  per-token output multiplied by the weights of the words its tokens belong to (positions
+  through the detector's character spans, `feedback.align_words`). Pooled embeddings are left as
+  the encoder made them; weight 1 everywhere gives the plain call's embeddings bit for bit;
+- the denoiser (`unet` or `transformer`) and `wrap_denoiser` to wrap its forward for one call;
+- its capabilities, and for each one a reason when it is missing, so a strategy can refuse
+  before any image is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from feedback import Word, WordTokens, align_words
+
+
+@dataclass(frozen=True)
+class TextSlot:
+    """One text encoder's input, as the pipeline builds it.
+
+    name: "clip_l", "clip_g", "t5", "gemma" ... (what reports and warnings call it).
+    tokenizer: the pipeline's tokenizer for this encoder.
+    max_length: input positions the encoder reads (specials included).
+    seq_offset: where this encoder's positions start on `prompt_embeds`' sequence axis.
+    features: (start, stop) of this encoder's block on the feature axis; None = all of it.
+    prefix: text the pipeline prepends to the prompt (Sana's complex human instruction).
+    keep: input positions the pipeline keeps from the encoder output (Sana), else None.
+    lowercase: the pipeline lower-cases and strips the prompt first (PixArt, Sana).
+    weighted: False when the encoder is absent (SD3 without T5: zeros stand in).
+    """
+
+    name: str
+    tokenizer: Any
+    max_length: int
+    seq_offset: int = 0
+    features: tuple[int, int] | None = None
+    prefix: str = ""
+    keep: tuple[int, ...] | None = None
+    lowercase: bool = False
+    weighted: bool = True
+
+    @property
+    def window(self) -> int:
+        """Content tokens this encoder reads (its input length less its own special tokens
+        and any prefix)."""
+        from feedback.alignment import _num_specials
+
+        n_prefix = len(self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"])
+        inner = self.max_length - _num_specials(self.tokenizer) - n_prefix
+        return inner if self.keep is None else min(inner, len(self.keep) - 1)
+
+    def align(self, prompt: str, words: Sequence[Word] | None = None) -> WordTokens:
+        """Where each word sits in this encoder's (kept) input."""
+        words = list(words) if words is not None else None
+        text, shifted = prompt, words
+        if self.lowercase:
+            # The pipeline reads prompt.lower().strip(); spans follow when lower() keeps the
+            # length (it does for every Latin, CJK and Cyrillic text; a few letters such as
+            # "İ" grow and then positions past them are approximate).
+            lead = len(prompt) - len(prompt.lstrip())
+            low = prompt.lower().strip()
+            if len(prompt.lower()) == len(prompt):
+                text = low
+                if words is not None:
+                    shifted = [dataclasses.replace(w, start=w.start - lead, end=w.end - lead)
+                               for w in words]
+        al = align_words(
+            text,
+            self.tokenizer,
+            words=shifted,
+            max_length=self.max_length,
+            prefix=self.prefix,
+            keep=self.keep,
+        )
+        if words is not None:
+            al.words, al.prompt = words, prompt
+        return al
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family supports; a missing one comes with its reason (see `PipelineAdapter`).
+
+    weights: per-word prompt weights through `prompt_embeds` (reweight).
+    phrase_guidance: extra guidance terms in the denoiser's classifier-free-guidance batch.
+    attend_and_excite: diffusers' Attend-and-Excite pipeline over the same modules.
+    true_cfg: the pipeline runs classifier-free guidance with a negative prompt.
+    """
+
+    weights: bool = True
+    phrase_guidance: bool = False
+    attend_and_excite: bool = False
+    true_cfg: bool = True
+
+
+@dataclass
+class AdapterInfo:
+    """What `FeedbackPipeline` reports about the adapter it picked (`.to_dict()` for JSON)."""
+
+    family: str
+    pipeline_class: str
+    denoiser: str
+    capabilities: dict = field(default_factory=dict)
+    windows: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class PipelineAdapter:
+    """Base class; one subclass per family (see the module docstring)."""
+
+    #: Short family name used by `adapter=` and the README table.
+    family: ClassVar[str] = ""
+    #: Human name for messages ("SD 1.x/2.x", "FLUX.1", ...).
+    title: ClassVar[str] = ""
+    #: diffusers class names this adapter handles (matched over the pipeline's MRO).
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: Components the pipeline must hold for this adapter (checked, never guessed from one).
+    components: ClassVar[tuple[str, ...]] = ()
+    denoiser_name: ClassVar[str] = "unet"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        missing = [c for c in self.components if getattr(pipe, c, None) is None]
+        if missing:
+            raise ValueError(
+                f"{type(pipe).__name__} lacks {', '.join(missing)}: the {self.title} adapter "
+                "needs them (pass adapter='generic' for selection strategies only)"
+            )
+
+    # ------------------------------------------------------------------ matching
+    @classmethod
+    def matches(cls, pipe) -> bool:
+        names = {c.__name__ for c in type(pipe).__mro__}
+        return bool(names & set(cls.pipeline_classes)) and all(
+            hasattr(pipe, c) for c in cls.components
+        )
+
+    # ------------------------------------------------------------------ call defaults
+    def call_default(self, name: str, call_kw: dict | None = None, fallback=None):
+        """`name` as the pipeline call will see it: the caller's value, else the pipeline's
+        own default from its `__call__` signature."""
+        if call_kw and name in call_kw:
+            return call_kw[name]
+        p = inspect.signature(self.pipe.__call__).parameters.get(name)
+        if p is None or p.default is inspect.Parameter.empty:
+            return fallback
+        return p.default
+
+    def accepts(self, name: str) -> bool:
+        params = inspect.signature(self.pipe.__call__).parameters
+        return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+    # ------------------------------------------------------------------ text
+    def slots(self, call_kw: dict | None = None) -> list[TextSlot]:
+        """The text encoders' inputs in `prompt_embeds` order."""
+        raise NotImplementedError
+
+    def encode_plain(self, prompt: str, call_kw: dict | None = None) -> dict:
+        """Call keyword arguments holding the pipeline's own embeddings of `prompt` (batch 1),
+        exactly as its call would compute them; `prompt_embeds` among them."""
+        raise NotImplementedError
+
+    def alignments(
+        self, prompt: str, words: Sequence[Word] | None = None, call_kw: dict | None = None
+    ) -> dict[str, WordTokens]:
+        """Per text slot, where each word sits (and whether that encoder's window cut it)."""
+        return {s.name: s.align(prompt, words) for s in self.slots(call_kw)}
+
+    def encode(
+        self,
+        prompt: str,
+        words: Sequence[Word] | None = None,
+        weights: Sequence[float] | None = None,
+        call_kw: dict | None = None,
+    ) -> dict:
+        """Call keyword arguments with `prompt`'s embeddings, each encoder's per-token output
+        multiplied by the weights of the words at its positions (1 where no word is weighted;
+        a token shared by two words takes the weight further from 1). Weight 1 everywhere
+        returns the plain embeddings themselves."""
+        if not self.capabilities.weights:
+            raise ValueError(self.missing("weights"))
+        kw = self.encode_plain(prompt, call_kw)
+        if weights is None or words is None or all(abs(w - 1.0) < 1e-12 for w in weights):
+            return kw
+        pe = kw["prompt_embeds"].clone()
+        for slot in self.slots(call_kw):
+            if not slot.weighted:
+                continue
+            al = slot.align(prompt, words)
+            feat = slice(*slot.features) if slot.features else slice(None)
+            for pos, wt in zip(al.positions, weights):
+                for p in pos:
+                    q = slot.seq_offset + p
+                    if q < pe.shape[1]:
+                        pe[:, q, feat] *= float(wt)
+        kw["prompt_embeds"] = pe
+        return kw
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        inputs: dict,
+        *,
+        generators: list[torch.Generator],
+        negative_prompt: str | None = None,
+        call_kw: dict | None = None,
+    ) -> torch.Tensor:
+        """(n, 3, H, W) float images in [0, 1], one per generator. `inputs` is
+        `{"prompt": text}` or what `encode` returned."""
+        kw = dict(call_kw or {})
+        if negative_prompt is not None:
+            kw["negative_prompt"] = negative_prompt
+        out = self.pipe(
+            **inputs, num_images_per_prompt=len(generators), generator=generators,
+            output_type="pt", **kw,
+        )
+        return as_image_tensor(out.images if hasattr(out, "images") else out[0])
+
+    # ------------------------------------------------------------------ denoiser
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @contextmanager
+    def wrap_denoiser(self, make_forward: Callable[[Callable], Callable]):
+        """Within the block the denoiser's forward is `make_forward(original_forward)`; the
+        instance attribute is removed afterwards, which restores the class's forward."""
+        mod = self.denoiser
+        mod.forward = make_forward(mod.forward)
+        try:
+            yield
+        finally:
+            del mod.forward
+
+    # ------------------------------------------------------------------ capabilities
+    def missing(self, capability: str, call_kw: dict | None = None) -> str | None:
+        """None when `capability` is usable with these call arguments, else why not."""
+        if capability == "weights" and not self.capabilities.weights:
+            return (
+                f"{self.title} takes prompt strings only here: per-word weights need an adapter "
+                "that knows its prompt_embeds (use best_of_n or resample)"
+            )
+        if capability == "phrase_guidance":
+            if not self.capabilities.phrase_guidance:
+                return (
+                    f"phrase guidance adds terms to a UNet's classifier-free-guidance batch; "
+                    f"{self.title}'s {self.denoiser_name} is not supported (use reweight or "
+                    "resample)"
+                )
+            g = self.call_default("guidance_scale", call_kw, 1.0)
+            if g is None or g <= 1:
+                return (
+                    "strategy 'phrase_guidance' adds guidance terms, so it needs "
+                    f"classifier-free guidance: pass guidance_scale > 1 (got {g})"
+                )
+        if capability == "attend_and_excite" and not self.capabilities.attend_and_excite:
+            return (
+                "Attend-and-Excite exists for SD 1.x/2.x UNets only (diffusers' "
+                f"StableDiffusionAttendAndExcitePipeline); {self.title} cannot use it: use "
+                "strategy='reweight'"
+            )
+        return None
+
+    def info(self, call_kw: dict | None = None) -> AdapterInfo:
+        windows = {}
+        if self.capabilities.weights:
+            windows = {s.name: s.window for s in self.slots(call_kw)}
+        return AdapterInfo(
+            self.family,
+            type(self.pipe).__name__,
+            self.denoiser_name,
+            dataclasses.asdict(self.capabilities),
+            windows,
+        )
+
+
+def as_image_tensor(images) -> torch.Tensor:
+    """A pipeline's `output_type="pt"` images as one (n, 3, H, W) float tensor in [0, 1]
+    (some pipelines return a list of tensors, or numpy when "pt" is not supported)."""
+    if isinstance(images, (list, tuple)):
+        images = torch.stack([as_image_tensor(i)[0] if torch.is_tensor(i) and i.ndim == 4
+                              else _one(i) for i in images])
+    elif not torch.is_tensor(images):
+        images = torch.as_tensor(images)
+        if images.ndim == 4 and images.shape[-1] in (1, 3):
+            images = images.permute(0, 3, 1, 2)
+    if images.ndim == 3:
+        images = images[None]
+    return images.float()
+
+
+def _one(img) -> torch.Tensor:
+    if torch.is_tensor(img):
+        return img.float()
+    import numpy as np
+
+    arr = torch.as_tensor(np.asarray(img, dtype="float32"))
+    if arr.max() > 1:
+        arr = arr / 255.0
+    return arr.permute(2, 0, 1) if arr.ndim == 3 and arr.shape[-1] in (1, 3) else arr

@@ -1,0 +1,53 @@
+"""FLUX.1 (`FluxPipeline`): the pooled CLIP embedding conditions the transformer globally and
+T5's tokens are the whole text sequence. FLUX.1-dev is guidance-distilled: `guidance_scale` is
+an input of the transformer, not classifier-free guidance; true CFG runs only with
+`true_cfg_scale > 1` and a negative prompt."""
+
+from __future__ import annotations
+
+from .base import Capabilities, PipelineAdapter, TextSlot
+from .sd import lora_scale
+
+
+class FluxAdapter(PipelineAdapter):
+    family = "flux"
+    title = "FLUX.1"
+    pipeline_classes = ("FluxPipeline",)
+    components = ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    denoiser_name = "transformer"
+    capabilities = Capabilities(
+        weights=True, phrase_guidance=False, attend_and_excite=False, true_cfg=False
+    )
+
+    def slots(self, call_kw=None):
+        msl = self.call_default("max_sequence_length", call_kw, 512)
+        return [TextSlot("t5", self.pipe.tokenizer_2, msl)]
+
+    def encode_plain(self, prompt, call_kw=None):
+        call_kw = call_kw or {}
+        pe, pooled, _ = self.pipe.encode_prompt(
+            prompt,
+            None,
+            device=self.pipe._execution_device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.call_default("max_sequence_length", call_kw, 512),
+            lora_scale=lora_scale(call_kw, "joint_attention_kwargs"),
+        )
+        return {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
+
+    def missing(self, capability, call_kw=None):
+        if capability == "phrase_guidance":
+            true_cfg = self.call_default("true_cfg_scale", call_kw, 1.0) or 1.0
+            if true_cfg <= 1:
+                return (
+                    "FLUX.1-dev is guidance-distilled: phrase guidance needs true classifier-free "
+                    "guidance (`true_cfg_scale > 1` with a negative_prompt), and even then "
+                    "FeedbackPipeline's phrase terms wrap UNet pipelines only; use reweight or "
+                    "resample"
+                )
+            return (
+                "phrase guidance wraps a UNet's classifier-free-guidance batch; FLUX.1 runs its "
+                "true CFG as separate transformer calls, which it does not wrap yet: use "
+                "reweight or resample"
+            )
+        return super().missing(capability, call_kw)

@@ -1,0 +1,52 @@
+"""attend_and_excite: hand the flagged words' tokens to diffusers' Attend-and-Excite pipeline
+(SD 1.x/2.x UNets only), built over the wrapped pipeline's own modules."""
+
+from ..attend_excite import attention_resolution, build_attend_and_excite, token_indices
+from .base import RoundPlan, Strategy, register
+
+
+@register
+class AttendAndExcite(Strategy):
+    name = "attend_and_excite"
+    requires = ("attend_and_excite",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._ae = None
+
+    def next(self, state):
+        pipe = state.adapter.pipe
+        flags = [w.misaligned for w in state.chosen.words]
+        indices = token_indices(state.prompt, state.words, flags, pipe.tokenizer)
+        if not indices:
+            return None  # nothing flagged maps onto a token A&E can excite
+
+        def generate(st, generators):
+            if self._ae is None:
+                self._ae = build_attend_and_excite(pipe)
+            saved = dict(pipe.unet.attn_processors)
+            kw = {k: v for k, v in st.call_kw.items() if k != "callback_on_step_end"}
+            try:
+                out = self._ae(
+                    prompt=st.prompt,
+                    token_indices=indices,
+                    negative_prompt=st.negative_prompt,
+                    num_images_per_prompt=len(generators),
+                    generator=generators,
+                    output_type="pt",
+                    attn_res=attention_resolution(pipe.unet),
+                    max_iter_to_alter=self.config.ae_max_iter_to_alter,
+                    scale_factor=self.config.ae_scale_factor,
+                    **kw,
+                )
+            finally:
+                # A&E swaps in its own attention processors; give the UNet back as it was.
+                pipe.unet.set_attn_processor(saved)
+            return out.images
+
+        return RoundPlan(
+            "attend_and_excite",
+            reuse_seeds=not self.config.reseed,
+            token_indices=indices,
+            generate=generate,
+        )

@@ -1,0 +1,113 @@
+"""The strategy protocol: each fix decides the next round from the history; the loop
+(`FeedbackPipeline`) keeps the budget, seeds, scoring, selection and the stop rule.
+
+A strategy is a class with a `name`, the adapter capabilities it `requires`, and two methods:
+`first(state)` (round 0's plan, normally the plain prompt) and `next(state)` (the next round's
+plan from what the rounds so far found, or None when it has nothing to try). Registering it
+(`@register`) makes it a valid `LoopConfig.strategy` and a choice of the CLI's `--strategy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from feedback import MisalignmentReport, Word
+
+
+@dataclass
+class RoundPlan:
+    """How the next round makes its images.
+
+    fix: the name recorded for the round ("plain", "resample", "reweight", ...).
+    weights: per detector word (1 = unchanged); None = the plain prompt string.
+    reuse_seeds: True = the kept image's seed again (the fix is the only change), else new seeds.
+    token_indices / phrases / phrase_weights: what the fix acted on (recorded with the round).
+    context: called with the loop state, returns a context manager the pipeline call runs in
+        (e.g. a denoiser wrapper).
+    generate: called with (state, generators) instead of the adapter's plain call (e.g. a
+        different pipeline over the same modules); returns (n, 3, H, W) images in [0, 1].
+    extra: anything else worth recording (JSON-able), kept in `RoundRecord.extra`.
+    """
+
+    fix: str = "plain"
+    weights: list[float] | None = None
+    reuse_seeds: bool = False
+    token_indices: list[int] = field(default_factory=list)
+    phrases: list[str] = field(default_factory=list)
+    phrase_weights: list[float] = field(default_factory=list)
+    context: Callable[[LoopState], AbstractContextManager] | None = None
+    generate: Callable[..., Any] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopState:
+    """What a strategy sees: the prompt, the detector's words, every round so far and the kept
+    image's place (round, index)."""
+
+    prompt: str
+    adapter: Any
+    config: Any
+    threshold: float
+    call_kw: dict
+    negative_prompt: str | None = None
+    words: list[Word] | None = None
+    rounds: list = field(default_factory=list)
+    best: tuple[int, int] | None = None
+
+    @property
+    def chosen(self) -> MisalignmentReport:
+        """The report of the image the loop keeps so far."""
+        r, i = self.best
+        return self.rounds[r].reports[i]
+
+    @property
+    def last(self):
+        return self.rounds[-1]
+
+
+class Strategy:
+    """Base class: the plain prompt in round 0, nothing after (override `next`)."""
+
+    name: ClassVar[str] = ""
+    #: Adapter capabilities this strategy needs (`PipelineAdapter.missing` explains a lack).
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: One round of the whole budget (best-of-N) instead of rounds of `samples_per_round`.
+    single_round: ClassVar[bool] = False
+
+    def __init__(self, config):
+        self.config = config
+
+    def check(self, adapter, call_kw: dict) -> None:
+        """Raise `ValueError` naming what is missing, before any image is made."""
+        for cap in self.requires:
+            msg = adapter.missing(cap, call_kw)
+            if msg:
+                raise ValueError(msg)
+
+    def first(self, state: LoopState) -> RoundPlan:
+        return RoundPlan("plain")
+
+    def next(self, state: LoopState) -> RoundPlan | None:
+        return None
+
+
+#: name -> strategy class, filled by `register`.
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make `cls` a loop strategy under `cls.name`."""
+    if not cls.name or cls.name in STRATEGIES:
+        raise ValueError(f"strategy name {cls.name!r} is empty or taken")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str, config) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name](config)

@@ -1,0 +1,64 @@
+"""phrase_guidance: the object phrase holding a flagged word gets its own guidance term
+(composable-diffusion style, `generation.guidance`); words between phrases (relations) and
+prompts of one phrase are re-weighted instead."""
+
+from ..guidance import phrase_guidance
+from ..phrases import raise_phrase_weights, split_phrases, word_phrases
+from ..weighting import raise_weights
+from .base import RoundPlan, Strategy, register
+
+
+@register
+class PhraseGuidance(Strategy):
+    name = "phrase_guidance"
+    requires = ("weights", "phrase_guidance")
+
+    def first(self, state):
+        phrases = [p.text for p in split_phrases(state.prompt)]
+        return RoundPlan("plain", phrases=phrases, phrase_weights=[0.0] * len(phrases))
+
+    def next(self, state):
+        cfg = self.config
+        chosen = state.chosen
+        flags = [w.misaligned for w in chosen.words]
+        phrases = split_phrases(state.prompt)
+        pweights = list(state.last.phrase_weights)
+        fix, reweight = "reweight", flags
+        if len(phrases) >= 2:
+            fix = "phrase_guidance"
+            owner = word_phrases(state.words, phrases)
+            pweights = raise_phrase_weights(
+                pweights, owner, flags, step=cfg.phrase_step, max_weight=cfg.max_phrase_weight
+            )
+            # Words between phrases (relations) have no phrase to guide: re-weight them.
+            reweight = [f and k is None for f, k in zip(flags, owner)]
+        weights = raise_weights(
+            state.last.weights,
+            [w.score for w in chosen.words],
+            reweight,
+            threshold=state.threshold,
+            step=cfg.weight_step,
+            max_weight=cfg.max_weight,
+        )
+        texts = [p.text for p in phrases]
+
+        def context(st):
+            if not any(pweights):
+                from contextlib import nullcontext
+
+                return nullcontext()
+            import torch
+
+            emb = torch.cat(
+                [st.adapter.encode_plain(t, st.call_kw)["prompt_embeds"] for t in texts]
+            )
+            return phrase_guidance(st.adapter, emb, pweights)
+
+        return RoundPlan(
+            fix,
+            weights=weights,
+            reuse_seeds=not cfg.reseed,
+            phrases=texts,
+            phrase_weights=pweights,
+            context=context,
+        )
