@@ -154,7 +154,12 @@ def token_rewards(
     alignments = []
     for b, prompt in enumerate(output.captions):
         al = align_words(
-            prompt, tokenizer, words=output.words[b], max_length=max_length, prefix=prefix, keep=keep
+            prompt,
+            tokenizer,
+            words=output.words[b],
+            max_length=max_length,
+            prefix=prefix,
+            keep=keep,
         )
         alignments.append(al)
         ids[b] = torch.tensor(al.input_ids)

@@ -7,8 +7,8 @@ F-CLIPScore, resampling, re-weighting of misaligned words, per-phrase guidance, 
 Attend-and-Excite).
 """
 
-from .attend_excite import token_indices
 from .adapters import ADAPTERS, PipelineAdapter, TextSlot, adapter_for
+from .attend_excite import token_indices
 from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .pipeline import FeedbackPipeline

@@ -19,10 +19,10 @@ from feedback import InputError, MisalignmentDetector, load_image
 from feedback.errors import Clip4dmError
 
 from .config import RECOMMENDED_STRATEGY, LoopConfig
-from .strategies import STRATEGIES
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
 from .selection import best_in_rounds
+from .strategies import STRATEGIES
 
 
 @dataclass

@@ -15,7 +15,8 @@ class LoopConfig:
     """How the feedback loop spends its image budget on one prompt.
 
     strategy: a registered strategy (`generation.strategies.STRATEGIES`; default the
-        recommended one, `RECOMMENDED_STRATEGY`): "best_of_n" (one round of `max_images` samples, keep the best),
+        recommended one, `RECOMMENDED_STRATEGY`): "best_of_n" (one round of `max_images`
+        samples, keep the best),
         "resample" (new seeds, same prompt, until the detector finds nothing misaligned or
         the budget is spent: best-of-N that stops early, the control for every fix below),
         "reweight" (raise the weights of misaligned words, regenerate),

@@ -106,8 +106,6 @@ class FeedbackPipeline:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         self.strategy.check(self.adapter, call_kw or {})
-        for p in prompts:
-            self._warn_windows(p, call_kw)
         return prompts
 
     def windows_cut(self, prompt: str, call_kw: dict | None = None) -> dict[str, list[str]]:
@@ -122,14 +120,15 @@ class FeedbackPipeline:
                 out[name] = cut
         return out
 
-    def _warn_windows(self, prompt, call_kw):
-        cut = self.windows_cut(prompt, call_kw)
+    def _warn_windows(self, prompt, cut, call_kw):
         if not cut:
             return
         slots = {s.name: s for s in self.adapter.slots(call_kw)}
         seen = [n for n in slots if n not in cut]
-        parts = [f"{n} reads {slots[n].window} tokens and misses {len(w)} words from "
-                 f"{w[0]!r} on" for n, w in cut.items()]
+        parts = [
+            f"{n} reads {slots[n].window} tokens and misses {len(w)} words from {w[0]!r} on"
+            for n, w in cut.items()
+        ]
         tail = (
             f"; {', '.join(seen)} see{'s' if len(seen) == 1 else ''} them, so their weights "
             "still reach the generator there"
@@ -138,7 +137,8 @@ class FeedbackPipeline:
         )
         warnings.warn(
             f"prompt too long for some text encoders ({prompt[:50]!r}...): "
-            + "; ".join(parts) + tail,
+            + "; ".join(parts)
+            + tail,
             stacklevel=4,
         )
 
@@ -225,8 +225,12 @@ class FeedbackPipeline:
             if negative_prompt is None or isinstance(negative_prompt, str)
             else list(negative_prompt)
         )
-        for j, (p, neg) in enumerate(zip(prompts, negs)):
-            yield from self._rounds(p, neg, base + 100_003 * j, per_round, call_kw)
+        # Each prompt's window cuts, computed once: warned here, recorded with every round.
+        cuts = [self.windows_cut(p, call_kw) for p in prompts]
+        for p, cut in zip(prompts, cuts):
+            self._warn_windows(p, cut, call_kw)
+        for j, (p, neg, cut) in enumerate(zip(prompts, negs, cuts)):
+            yield from self._rounds(p, neg, base + 100_003 * j, per_round, call_kw, cut)
 
     # ------------------------------------------------------------------ internals
     def _images(self, state: LoopState, plan: RoundPlan, seeds: list[int]) -> torch.Tensor:
@@ -251,13 +255,12 @@ class FeedbackPipeline:
                 call_kw=state.call_kw,
             )
 
-    def _rounds(self, prompt, neg, base, per_round, call_kw):
+    def _rounds(self, prompt, neg, base, per_round, call_kw, cut):
         cfg, det, strat = self.config, self.detector, self.strategy
         state = LoopState(prompt, self.adapter, cfg, det.config.threshold, call_kw, neg)
         budget = cfg.max_images
         used, next_seed, stopped = 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
-        cut = self.windows_cut(prompt, call_kw)
         for r in range(1 if strat.single_round else cfg.max_rounds):
             n = budget - used if strat.single_round else min(per_round, budget - used)
             if n <= 0:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from feedback import Word, align_words
+from feedback import Word, WordTokens, align_words
 
 
 def raise_weights(
@@ -36,15 +36,21 @@ def raise_weights(
     return out
 
 
-def token_weights(prompt: str, words: Sequence[Word], weights: Sequence[float], tokenizer):
-    """(L,) float32 weight per input position of `tokenizer` (1 where no word is weighted;
-    a token shared by two words takes the larger weight)."""
-    al = align_words(prompt, tokenizer, words=words)
-    w = torch.ones(len(al.input_ids))
-    for pos, wt in zip(al.positions, weights):
+def position_weights(alignment: WordTokens, weights: Sequence[float]) -> torch.Tensor:
+    """(L,) float32 weight per position of one encoder's input, from where the words sit
+    there (`feedback.align_words` / `TextSlot.align`): 1 where no word is weighted; a token
+    shared by two words takes the weight further from 1 (the larger above 1, the smaller
+    below)."""
+    w = torch.ones(len(alignment.input_ids))
+    for pos, wt in zip(alignment.positions, weights):
         for p in pos:
             w[p] = max(float(w[p]), float(wt)) if wt >= 1 else min(float(w[p]), float(wt))
     return w
+
+
+def token_weights(prompt: str, words: Sequence[Word], weights: Sequence[float], tokenizer):
+    """(L,) float32 weight per input position of `tokenizer` (see `position_weights`)."""
+    return position_weights(align_words(prompt, tokenizer, words=words), weights)
 
 
 def apply_weights(

@@ -26,9 +26,17 @@ def _clip(hidden=32):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    cfg = CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     return CLIPTextModel(cfg).eval()
 
 
@@ -36,8 +44,15 @@ def _vae(latent=4):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
-                         layers_per_block=1, latent_channels=latent, norm_num_groups=1).eval()
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent,
+        norm_num_groups=1,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -54,30 +69,54 @@ def pipes(sd_tokenizers):
     tok = sd_tokenizers["sd"]
     torch.manual_seed(0)
     flux = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(1), text_encoder=_clip(),
-        tokenizer=tok, text_encoder_2=_t5(), tokenizer_2=tok,
-        transformer=FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1,
-                                           num_single_layers=1, attention_head_dim=16,
-                                           num_attention_heads=2, joint_attention_dim=32,
-                                           pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(1),
+        text_encoder=_clip(),
+        tokenizer=tok,
+        text_encoder_2=_t5(),
+        tokenizer_2=tok,
+        transformer=FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            axes_dims_rope=[4, 4, 8],
+        ),
     )
     torch.manual_seed(0)
     pixart = PixArtSigmaPipeline(
-        tokenizer=tok, text_encoder=_t5(), vae=_vae(4), scheduler=DDIMScheduler(),
-        transformer=PixArtTransformer2DModel(sample_size=32, num_layers=1, patch_size=2,
-                                             attention_head_dim=8, num_attention_heads=3,
-                                             caption_channels=32, in_channels=4,
-                                             cross_attention_dim=24, out_channels=8,
-                                             attention_bias=True,
-                                             activation_fn="gelu-approximate",
-                                             num_embeds_ada_norm=1000,
-                                             norm_type="ada_norm_single",
-                                             norm_elementwise_affine=False, norm_eps=1e-6),
+        tokenizer=tok,
+        text_encoder=_t5(),
+        vae=_vae(4),
+        scheduler=DDIMScheduler(),
+        transformer=PixArtTransformer2DModel(
+            sample_size=32,
+            num_layers=1,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=32,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        ),
     )
     for p in (flux, pixart):
         p.set_progress_bar_config(disable=True)
-    return {"flux": (flux, dict(max_sequence_length=32)),
-            "pixart": (pixart, dict(max_sequence_length=32, use_resolution_binning=False))}
+    return {
+        "flux": (flux, dict(max_sequence_length=32)),
+        "pixart": (pixart, dict(max_sequence_length=32, use_resolution_binning=False)),
+    }
 
 
 GEN = dict(num_inference_steps=2, height=32, width=32)
@@ -121,8 +160,13 @@ def test_strategies_run_and_round_zero_is_the_plain_call(family, strategy, pipes
     h = out.history[0]
     assert h.num_images == 2
     r0 = h.rounds[0]
-    plain = pipe(prompt=PROMPT, generator=[torch.Generator().manual_seed(s) for s in r0.seeds],
-                 num_images_per_prompt=len(r0.seeds), output_type="pt", **kw).images
+    plain = pipe(
+        prompt=PROMPT,
+        generator=[torch.Generator().manual_seed(s) for s in r0.seeds],
+        num_images_per_prompt=len(r0.seeds),
+        output_type="pt",
+        **kw,
+    ).images
     assert torch.equal(r0.images, plain.float())
     if strategy == "reweight":
         assert h.rounds[1].fix == "reweight" and max(h.rounds[1].weights) > 1

@@ -48,10 +48,11 @@ def adapter_for(pipe, adapter: str | type[PipelineAdapter] | PipelineAdapter | N
     for cls in ADAPTERS.values():
         if cls.matches(pipe):
             return cls(pipe)
+    families = ", ".join(a.title for a in ADAPTERS.values() if a.family != "generic")
     raise ValueError(
         f"unsupported pipeline {type(pipe).__name__}: FeedbackPipeline wraps diffusers "
-        f"text-to-image pipelines ({', '.join(a.title for a in ADAPTERS.values() if a.title and a.family != 'generic')}, "
-        "or any whose call takes `prompt`, `generator` and `output_type`)"
+        f"text-to-image pipelines ({families}, or any whose call takes `prompt`, `generator` "
+        "and `output_type`)"
     )
 
 

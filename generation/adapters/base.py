@@ -77,8 +77,10 @@ class TextSlot:
             if len(prompt.lower()) == len(prompt):
                 text = low
                 if words is not None:
-                    shifted = [dataclasses.replace(w, start=w.start - lead, end=w.end - lead)
-                               for w in words]
+                    shifted = [
+                        dataclasses.replace(w, start=w.start - lead, end=w.end - lead)
+                        for w in words
+                    ]
         al = align_words(
             text,
             self.tokenizer,
@@ -200,17 +202,17 @@ class PipelineAdapter:
         kw = self.encode_plain(prompt, call_kw)
         if weights is None or words is None or all(abs(w - 1.0) < 1e-12 for w in weights):
             return kw
+        from ..weighting import position_weights
+
         pe = kw["prompt_embeds"].clone()
         for slot in self.slots(call_kw):
             if not slot.weighted:
                 continue
-            al = slot.align(prompt, words)
+            w = position_weights(slot.align(prompt, words), weights)
+            a = slot.seq_offset
+            n = max(min(len(w), pe.shape[1] - a), 0)
             feat = slice(*slot.features) if slot.features else slice(None)
-            for pos, wt in zip(al.positions, weights):
-                for p in pos:
-                    q = slot.seq_offset + p
-                    if q < pe.shape[1]:
-                        pe[:, q, feat] *= float(wt)
+            pe[:, a : a + n, feat] *= w[:n].to(pe)[None, :, None]
         kw["prompt_embeds"] = pe
         return kw
 
@@ -229,8 +231,11 @@ class PipelineAdapter:
         if negative_prompt is not None:
             kw["negative_prompt"] = negative_prompt
         out = self.pipe(
-            **inputs, num_images_per_prompt=len(generators), generator=generators,
-            output_type="pt", **kw,
+            **inputs,
+            num_images_per_prompt=len(generators),
+            generator=generators,
+            output_type="pt",
+            **kw,
         )
         return as_image_tensor(out.images if hasattr(out, "images") else out[0])
 
@@ -294,10 +299,9 @@ class PipelineAdapter:
 
 def as_image_tensor(images) -> torch.Tensor:
     """A pipeline's `output_type="pt"` images as one (n, 3, H, W) float tensor in [0, 1]
-    (some pipelines return a list of tensors, or numpy when "pt" is not supported)."""
+    (some pipelines return a list of (3, H, W) tensors, or an (n, H, W, 3) array)."""
     if isinstance(images, (list, tuple)):
-        images = torch.stack([as_image_tensor(i)[0] if torch.is_tensor(i) and i.ndim == 4
-                              else _one(i) for i in images])
+        images = torch.stack([torch.as_tensor(i) for i in images])
     elif not torch.is_tensor(images):
         images = torch.as_tensor(images)
         if images.ndim == 4 and images.shape[-1] in (1, 3):
@@ -305,14 +309,3 @@ def as_image_tensor(images) -> torch.Tensor:
     if images.ndim == 3:
         images = images[None]
     return images.float()
-
-
-def _one(img) -> torch.Tensor:
-    if torch.is_tensor(img):
-        return img.float()
-    import numpy as np
-
-    arr = torch.as_tensor(np.asarray(img, dtype="float32"))
-    if arr.max() > 1:
-        arr = arr / 255.0
-    return arr.permute(2, 0, 1) if arr.ndim == 3 and arr.shape[-1] in (1, 3) else arr

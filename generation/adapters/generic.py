@@ -29,11 +29,10 @@ class GenericAdapter(PipelineAdapter):
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        call = getattr(pipe, "__call__", None)
-        if call is None or not hasattr(pipe, "components"):
+        if not callable(pipe) or not hasattr(pipe, "components"):
             return False
         try:
-            params = inspect.signature(call).parameters
+            params = inspect.signature(pipe.__call__).parameters
         except (TypeError, ValueError):
             return False
         return all(p in params for p in ("prompt", "generator", "output_type"))

@@ -20,6 +20,10 @@ class PixArtAdapter(PipelineAdapter):
         msl = self.call_default("max_sequence_length", call_kw, self.default_length)
         return [TextSlot("t5", self.pipe.tokenizer, msl, lowercase=True)]
 
+    def encode_kwargs(self, call_kw) -> dict:
+        """Family-specific `encode_prompt` arguments beyond the shared ones."""
+        return {}
+
     def encode_plain(self, prompt, call_kw=None):
         pe, mask, _, _ = self.pipe.encode_prompt(
             prompt,
@@ -30,5 +34,6 @@ class PixArtAdapter(PipelineAdapter):
             max_sequence_length=self.call_default(
                 "max_sequence_length", call_kw, self.default_length
             ),
+            **self.encode_kwargs(call_kw),
         )
         return {"prompt_embeds": pe, "prompt_attention_mask": mask}

@@ -6,24 +6,26 @@ model exactly."""
 
 from __future__ import annotations
 
-from .base import Capabilities, PipelineAdapter, TextSlot
+from .base import TextSlot
+from .pixart import PixArtAdapter
 from .sd import lora_scale
 
 
-class SanaAdapter(PipelineAdapter):
+class SanaAdapter(PixArtAdapter):
+    """Encodes like PixArt (mask, `clean_caption`, `max_sequence_length`) plus its instruction
+    prefix and LoRA scale."""
+
     family = "sana"
     title = "Sana"
     pipeline_classes = ("SanaPipeline",)
-    components = ("transformer", "text_encoder", "tokenizer")
-    denoiser_name = "transformer"
-    capabilities = Capabilities(weights=True, phrase_guidance=False, attend_and_excite=False)
+    default_length = 300
 
     def _instruction(self, call_kw):
         return self.call_default("complex_human_instruction", call_kw, None)
 
     def slots(self, call_kw=None):
         tok = self.pipe.tokenizer
-        msl = self.call_default("max_sequence_length", call_kw, 300)
+        msl = self.call_default("max_sequence_length", call_kw, self.default_length)
         chi = self._instruction(call_kw)
         prefix, total = "", msl
         if chi:
@@ -32,15 +34,8 @@ class SanaAdapter(PipelineAdapter):
         keep = (0, *range(total - msl + 1, total))
         return [TextSlot("gemma", tok, total, prefix=prefix, keep=keep, lowercase=True)]
 
-    def encode_plain(self, prompt, call_kw=None):
-        pe, mask, _, _ = self.pipe.encode_prompt(
-            prompt,
-            do_classifier_free_guidance=False,
-            num_images_per_prompt=1,
-            device=self.pipe._execution_device,
-            clean_caption=self.call_default("clean_caption", call_kw, False),
-            max_sequence_length=self.call_default("max_sequence_length", call_kw, 300),
-            complex_human_instruction=self._instruction(call_kw),
-            lora_scale=lora_scale(call_kw, "attention_kwargs"),
-        )
-        return {"prompt_embeds": pe, "prompt_attention_mask": mask}
+    def encode_kwargs(self, call_kw):
+        return {
+            "complex_human_instruction": self._instruction(call_kw),
+            "lora_scale": lora_scale(call_kw, "attention_kwargs"),
+        }

@@ -29,8 +29,14 @@ class SD3Adapter(PipelineAdapter):
             msl = self.call_default("max_sequence_length", call_kw, 256)
             # Without text_encoder_3 the pipeline puts zeros there: nothing to weight.
             out.append(
-                TextSlot("t5", tok3, msl, clip_len, None,
-                         weighted=getattr(p, "text_encoder_3", None) is not None)
+                TextSlot(
+                    "t5",
+                    tok3,
+                    msl,
+                    clip_len,
+                    None,
+                    weighted=getattr(p, "text_encoder_3", None) is not None,
+                )
             )
         return out
 
