@@ -64,9 +64,7 @@ class LoopConfig:
         from .strategies import STRATEGIES
 
         if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}"
-            )
+            raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
         for name in ("max_images", "max_rounds", "samples_per_round"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

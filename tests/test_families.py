@@ -1,181 +1,308 @@
-"""Modern pipeline families (FLUX, PixArt-Σ) built tiny from configs with random weights: the
-adapter's weight-1 embeddings reproduce the plain call, a raised weight changes only the mapped
-T5 positions, and best_of_n / resample / reweight run through FeedbackPipeline."""
+"""Every pipeline family the loop wraps (SD 1.x, SDXL, SD3, FLUX.1, PixArt-Σ, Sana), each a
+genuine diffusers pipeline built tiny from configs with random weights (tests/tiny_pipelines.py):
+
+- the adapter is picked by class and components;
+- weight 1 through the adapter's embeddings reproduces the plain call bit for bit;
+- a raised weight changes each encoder's output only at the word's positions;
+- best_of_n, resample and reweight run, and round 0 is the plain call bit for bit;
+- every refused combination is a ValueError before any image;
+- a prompt past CLIP's window but inside T5's is handled visibly.
+"""
 
 from __future__ import annotations
 
 import pytest
+import tiny_pipelines as tp
 import torch
 
 from feedback import MisalignmentDetector
 from generation import FeedbackPipeline, LoopConfig, adapter_for
 
-PROMPT = "a small red circle left of a big blue square"
-
-
-def _t5(d_model=32):
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    return T5EncoderModel(
-        T5Config(vocab_size=49408, d_model=d_model, d_ff=37, num_layers=1, num_heads=4, d_kv=8)
-    ).eval()
-
-
-def _clip(hidden=32):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    cfg = CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    return CLIPTextModel(cfg).eval()
-
-
-def _vae(latent=4):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=latent,
-        norm_num_groups=1,
-    ).eval()
+PROMPT = "A small red circle left of a big blue square"
+FAMILIES = tp.FAMILIES
+MODERN = ("sd3", "flux", "pixart", "sana")
 
 
 @pytest.fixture(scope="module")
 def pipes(sd_tokenizers):
-    from diffusers import (
-        DDIMScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-        PixArtSigmaPipeline,
-        PixArtTransformer2DModel,
-    )
+    cache = {}
 
-    tok = sd_tokenizers["sd"]
-    torch.manual_seed(0)
-    flux = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(1),
-        text_encoder=_clip(),
-        tokenizer=tok,
-        text_encoder_2=_t5(),
-        tokenizer_2=tok,
-        transformer=FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            axes_dims_rope=[4, 4, 8],
-        ),
-    )
-    torch.manual_seed(0)
-    pixart = PixArtSigmaPipeline(
-        tokenizer=tok,
-        text_encoder=_t5(),
-        vae=_vae(4),
-        scheduler=DDIMScheduler(),
-        transformer=PixArtTransformer2DModel(
-            sample_size=32,
-            num_layers=1,
-            patch_size=2,
-            attention_head_dim=8,
-            num_attention_heads=3,
-            caption_channels=32,
-            in_channels=4,
-            cross_attention_dim=24,
-            out_channels=8,
-            attention_bias=True,
-            activation_fn="gelu-approximate",
-            num_embeds_ada_norm=1000,
-            norm_type="ada_norm_single",
-            norm_elementwise_affine=False,
-            norm_eps=1e-6,
-        ),
-    )
-    for p in (flux, pixart):
-        p.set_progress_bar_config(disable=True)
-    return {
-        "flux": (flux, dict(max_sequence_length=32)),
-        "pixart": (pixart, dict(max_sequence_length=32, use_resolution_binning=False)),
-    }
+    def get(family):
+        if family not in cache:
+            cache[family] = tp.build(family, sd_tokenizers["sd"], sd_tokenizers["sdxl_2"])
+        return cache[family]
 
-
-GEN = dict(num_inference_steps=2, height=32, width=32)
+    return get
 
 
 @pytest.fixture(scope="module")
 def detector(tiny_open_clip_dir):
+    # most-negative: some word is always flagged, so reweight always has a next round
     return MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
 
 
-@pytest.mark.parametrize("family", ["pixart"])
-def test_adapter_is_picked_by_class_and_weight_one_reproduces(family, pipes, detector):
-    pipe, extra = pipes[family]
-    ad = adapter_for(pipe)
-    assert ad.family == family
-    kw = {**GEN, **extra}
-    words = detector.score(torch.rand(1, 3, 32, 32), [PROMPT]).words[0]
-    emb = ad.encode(PROMPT, words, [1.0] * len(words), kw)
-    a = pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(1), output_type="pt", **kw)
-    b = pipe(**emb, generator=torch.Generator().manual_seed(1), output_type="pt", **kw)
-    # Not yet bit for bit on PixArt-Σ via prompt_embeds (open: see the issue note).
-    assert torch.allclose(a.images, b.images, atol=1e-4)
-    # a raised weight changes the T5 sequence only at the word's positions
-    target = [w.text for w in words].index("blue")
-    weights = [1.0] * len(words)
-    weights[target] = 1.5
-    up = ad.encode(PROMPT, words, weights, kw)["prompt_embeds"]
-    plain = emb["prompt_embeds"]
-    changed = (up != plain).any(-1)[0].nonzero().flatten().tolist()
-    want = ad.slots(kw)[0].align(PROMPT, words).positions[target]
-    assert want and changed == want
+def _words(detector, prompt=PROMPT):
+    return detector.score(torch.rand(1, 3, 32, 32), [prompt]).words[0]
 
 
-@pytest.mark.parametrize("family", ["pixart"])
-@pytest.mark.parametrize("strategy", ["best_of_n", "resample", "reweight"])
-def test_strategies_run_and_round_zero_is_the_plain_call(family, strategy, pipes, detector):
-    pipe, extra = pipes[family]
-    kw = {**GEN, **extra}
-    fb = FeedbackPipeline(pipe, detector, LoopConfig(strategy=strategy, max_images=2))
-    out = fb(PROMPT, output_type="pt", **kw)
-    h = out.history[0]
-    assert h.num_images == 2
-    r0 = h.rounds[0]
-    plain = pipe(
-        prompt=PROMPT,
-        generator=[torch.Generator().manual_seed(s) for s in r0.seeds],
-        num_images_per_prompt=len(r0.seeds),
+def _plain(pipe, kw, seeds, prompt=PROMPT):
+    return pipe(
+        prompt=prompt,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        num_images_per_prompt=len(seeds),
         output_type="pt",
         **kw,
     ).images
-    assert torch.equal(r0.images, plain.float())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_is_picked_by_class_and_weight_one_is_the_plain_call(family, pipes, detector):
+    pipe = pipes(family)
+    ad = adapter_for(pipe)
+    assert ad.family == family
+    kw = tp.call_kwargs(family)
+    words = _words(detector)
+    emb = ad.encode(PROMPT, words, [1.0] * len(words), kw)
+    assert "prompt_embeds" in emb
+    a = _plain(pipe, kw, [1])
+    b = pipe(**emb, generator=[torch.Generator().manual_seed(1)], output_type="pt", **kw).images
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_raised_weight_changes_each_encoder_only_at_the_words_positions(family, pipes, detector):
+    pipe = pipes(family)
+    ad = adapter_for(pipe)
+    kw = tp.call_kwargs(family)
+    words = _words(detector)
+    target = [w.text for w in words].index("blue")
+    weights = [1.0] * len(words)
+    weights[target] = 1.5
+    plain = ad.encode(PROMPT, words, None, kw)["prompt_embeds"]
+    up = ad.encode(PROMPT, words, weights, kw)
+    diff = up["prompt_embeds"] != plain
+    expected = torch.zeros_like(diff)
+    for slot in ad.slots(kw):
+        pos = slot.align(PROMPT, words).positions[target]
+        assert pos, f"{slot.name}: 'blue' maps to no token"
+        # the positions hold the word's own tokens in what the pipeline actually tokenizes
+        ids = slot.tokenizer(
+            slot.prefix + (PROMPT.lower() if slot.lowercase else PROMPT),
+            padding="max_length",
+            max_length=slot.max_length,
+            truncation=True,
+        )["input_ids"]
+        if slot.keep is not None:
+            ids = [ids[i] for i in slot.keep]
+        assert "blue" in slot.tokenizer.decode([ids[p] for p in pos]).lower()
+        feat = slice(*slot.features) if slot.features else slice(None)
+        for p in pos:
+            expected[:, slot.seq_offset + p, feat] = True
+    assert torch.equal(diff, expected)
+    # pooled embeddings are left as the encoder made them
+    for k in ("pooled_prompt_embeds",):
+        if k in up:
+            assert torch.equal(up[k], ad.encode(PROMPT, words, None, kw)[k])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("strategy", ["best_of_n", "resample", "reweight"])
+def test_strategies_run_and_round_zero_is_the_plain_call(family, strategy, pipes, detector):
+    pipe = pipes(family)
+    kw = tp.call_kwargs(family)
+    cfg = LoopConfig(strategy=strategy, max_images=2, samples_per_round=1)
+    out = FeedbackPipeline(pipe, detector, cfg)(PROMPT, output_type="pt", **kw)
+    h = out.history[0]
+    assert h.num_images == 2
+    r0 = h.rounds[0]
+    assert torch.equal(r0.images, _plain(pipe, kw, r0.seeds).float())
     if strategy == "reweight":
-        assert h.rounds[1].fix == "reweight" and max(h.rounds[1].weights) > 1
+        r1 = h.rounds[1]
+        assert r1.fix == "reweight" and max(r1.weights) > 1
+        # the weighted round is the weighted embeddings' call, bit for bit
+        fb = FeedbackPipeline(pipe, detector, cfg)
+        emb = fb.encode(PROMPT, r0.reports[0].words, r1.weights, **kw)
+        again = pipe(
+            **emb,
+            generator=[torch.Generator().manual_seed(s) for s in r1.seeds],
+            output_type="pt",
+            **kw,
+        ).images
+        assert torch.equal(r1.images, again.float())
+        assert not torch.equal(r1.images, _plain(pipe, kw, r1.seeds).float())
+    else:
+        assert [r.fix for r in h.rounds][:1] == ["plain"]
+        assert all(r.fix in ("plain", "resample") for r in h.rounds)
 
 
-def test_refused_combinations_name_what_is_missing(pipes, detector):
-    flux, _ = pipes["flux"]
+def _count_denoiser_calls(pipe):
+    mod = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    calls = []
+    orig = mod.forward
+
+    def fwd(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    mod.forward = fwd
+    return mod, calls
+
+
+@pytest.mark.parametrize("family", MODERN)
+@pytest.mark.parametrize(
+    "strategy, message",
+    [
+        ("phrase_guidance", r"phrase guidance"),
+        ("attend_and_excite", r"Attend-and-Excite exists for SD 1.x/2.x UNets only"),
+    ],
+)
+def test_refused_combinations_are_value_errors_before_any_image(
+    family, strategy, message, pipes, detector
+):
+    pipe = pipes(family)
+    mod, calls = _count_denoiser_calls(pipe)
+    try:
+        with pytest.raises(ValueError, match=message):
+            FeedbackPipeline(pipe, detector, LoopConfig(strategy=strategy))(
+                PROMPT, **tp.call_kwargs(family)
+            )
+    finally:
+        del mod.forward
+    assert calls == []
+
+
+def test_flux_refusal_names_guidance_distillation(pipes, detector):
+    flux = pipes("flux")
     assert adapter_for(flux).family == "flux"  # not SDXL, though it has text_encoder_2
-    with pytest.raises(ValueError, match="FLUX.1"):
+    with pytest.raises(ValueError, match=r"guidance-distilled.*true_cfg_scale > 1"):
         FeedbackPipeline(flux, detector, LoopConfig(strategy="phrase_guidance"))
-    with pytest.raises(ValueError, match="SD 1.x/2.x UNets only"):
-        FeedbackPipeline(flux, detector, LoopConfig(strategy="attend_and_excite"))
+
+
+def test_phrase_guidance_needs_cfg_on_sd(pipes, detector):
+    sd = pipes("sd")
+    fb = FeedbackPipeline(sd, detector, LoopConfig(strategy="phrase_guidance"))
+    with pytest.raises(ValueError, match="guidance_scale > 1"):
+        fb(PROMPT, **{**tp.call_kwargs("sd"), "guidance_scale": 1.0})
+
+
+def test_adapter_override_and_generic_fallback(pipes, detector):
+    sd = pipes("sd")
+    # An explicit adapter overrides the choice: the generic one takes prompt strings only.
+    fb = FeedbackPipeline(
+        sd, detector, LoopConfig(strategy="best_of_n", max_images=2), adapter="generic"
+    )
+    assert fb.adapter.family == "generic"
+    out = fb(PROMPT, output_type="pt", **tp.call_kwargs("sd"))
+    assert torch.equal(out.history[0].rounds[0].images, _plain(sd, tp.call_kwargs("sd"), [0, 1]))
+    with pytest.raises(ValueError, match="prompt strings only"):
+        FeedbackPipeline(sd, detector, LoopConfig(strategy="reweight"), adapter="generic")
+    with pytest.raises(ValueError, match="unknown adapter"):
+        adapter_for(sd, "sd4")
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        adapter_for(object())
+
+
+LONG = (
+    "a small red circle left of a big blue square, "
+    + "with a thin green border and soft shadows, " * 9
+    + "and a yellow star"
+)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_prompt_past_clip_window_inside_t5_is_visible_and_weighted(family, pipes, detector):
+    pipe = pipes(family)
+    kw = tp.call_kwargs(family, max_sequence_length=128)
+    ad = adapter_for(pipe)
+    words = _words(detector, LONG)
+    star = [w.text for w in words].index("star")
+    fb = FeedbackPipeline(pipe, detector, LoopConfig(strategy="reweight", max_images=2))
+    cut = fb.windows_cut(LONG, kw)
+    assert "t5" not in cut  # T5 reads 128 tokens: it sees every word
+    if family == "sd3":
+        assert "star" in cut["clip_l"] and "star" in cut["clip_g"]
+        with pytest.warns(UserWarning, match=r"clip_l reads 75 tokens.*t5 sees them"):
+            out = fb(LONG, output_type="pt", **kw)
+        assert "clip_l" in out.history[0].rounds[0].truncated
+    # a weight on a word past CLIP's window reaches T5's positions (and only those)
+    weights = [1.0] * len(words)
+    weights[star] = 1.5
+    plain = ad.encode(LONG, words, None, kw)["prompt_embeds"]
+    changed = (ad.encode(LONG, words, weights, kw)["prompt_embeds"] != plain).any(-1)[0]
+    t5 = next(s for s in ad.slots(kw) if s.name == "t5")
+    want = [t5.seq_offset + p for p in t5.align(LONG, words).positions[star]]
+    assert want and changed.nonzero().flatten().tolist() == want
+    assert min(want) >= (77 if family == "sd3" else 0)
+
+
+def test_sana_instruction_prefix_shifts_positions_exactly(pipes, detector):
+    """With Sana's default complex_human_instruction the prompt's tokens sit after the
+    instruction, and the pipeline keeps only the last positions: weight 1 still reproduces
+    the plain call and the raised weight lands on the word's tokens."""
+    pipe = pipes("sana")
+    kw = tp.call_kwargs("sana")
+    del kw["complex_human_instruction"]  # the pipeline's default instruction
+    ad = adapter_for(pipe)
+    slot = ad.slots(kw)[0]
+    assert slot.prefix and slot.keep[0] == 0
+    words = _words(detector)
+    assert torch.equal(
+        _plain(pipe, kw, [3]),
+        pipe(
+            **ad.encode(PROMPT, words, None, kw),
+            generator=[torch.Generator().manual_seed(3)],
+            output_type="pt",
+            **kw,
+        ).images,
+    )
+    target = [w.text for w in words].index("red")
+    weights = [1.0] * len(words)
+    weights[target] = 2.0
+    plain = ad.encode(PROMPT, words, None, kw)["prompt_embeds"]
+    changed = (ad.encode(PROMPT, words, weights, kw)["prompt_embeds"] != plain).any(-1)[0]
+    pos = slot.align(PROMPT, words).positions[target]
+    assert changed.nonzero().flatten().tolist() == pos
+    ids = slot.tokenizer(
+        slot.prefix + PROMPT.lower(),
+        padding="max_length",
+        max_length=slot.max_length,
+        truncation=True,
+    )["input_ids"]
+    kept = [ids[i] for i in slot.keep]
+    assert slot.tokenizer.decode([kept[p] for p in pos]).strip() == "red"
+
+
+def test_real_unigram_tokenizer_in_the_t5_slot(tmp_path, sd_tokenizers, detector):
+    """A sentencepiece-style Unigram fast tokenizer (trained here on ShapesWorld captions) as
+    PixArt's and FLUX's T5 tokenizer: offsets map words onto its pieces, "</s>" is the only
+    special token, and round 0 / weight 1 are still the plain call."""
+    import numpy as np
+
+    from shapesworld import describe, sample_scene
+
+    rng = np.random.default_rng(0)
+    caps = [describe(sample_scene(rng), rng).text for _ in range(400)]
+    uni = tp.unigram_tokenizer(tmp_path / "uni", caps)
+    assert uni.pad_token_id == 0 and uni("a red circle")["input_ids"][-1] == uni.eos_token_id
+    for family in ("pixart", "flux"):
+        pipe = tp.build(family, sd_tokenizers["sd"], t5_tok=uni, t5_vocab=len(uni))
+        kw = tp.call_kwargs(family)
+        ad = adapter_for(pipe)
+        words = _words(detector)
+        slot = next(s for s in ad.slots(kw) if s.name == "t5")
+        al = slot.align(PROMPT, words)
+        ids = uni(PROMPT.lower() if slot.lowercase else PROMPT)["input_ids"]
+        for w, pos in zip(al.words, al.positions):
+            assert pos, w.text
+            assert uni.decode([ids[p] for p in pos]).strip().lower() == w.text.lower()
+        target = [w.text for w in words].index("square")
+        weights = [1.0] * len(words)
+        weights[target] = 1.5
+        plain = ad.encode(PROMPT, words, None, kw)["prompt_embeds"]
+        changed = (ad.encode(PROMPT, words, weights, kw)["prompt_embeds"] != plain).any(-1)[0]
+        assert changed.nonzero().flatten().tolist() == al.positions[target]
+        out = FeedbackPipeline(pipe, detector, LoopConfig(strategy="reweight", max_images=2))(
+            PROMPT, output_type="pt", **kw
+        )
+        r0 = out.history[0].rounds[0]
+        assert torch.equal(r0.images, _plain(pipe, kw, r0.seeds).float())

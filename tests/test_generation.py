@@ -4,6 +4,7 @@ with random weights inside the test -- no mocks."""
 from __future__ import annotations
 
 import pytest
+import tiny_pipelines as tp
 import torch
 
 from feedback import MisalignmentDetector, align_words
@@ -13,25 +14,6 @@ from generation.guidance import phrase_guidance
 from generation.phrases import raise_phrase_weights, split_phrases, word_phrases
 
 PROMPT = "a small red circle, left of a big blue astronautically square..."
-
-
-def _text_encoder(hidden: int, with_projection: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cfg = CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        projection_dim=hidden,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return cls(cfg).eval()
 
 
 def _vae():
@@ -48,23 +30,6 @@ def _vae():
     ).eval()
 
 
-def _unet(**kw):
-    """A tiny SD-style UNet (16x16 latents, cross-attention at 8x8), seeded."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        **kw,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def tokenizer(sd_tokenizers):
     return sd_tokenizers["sd"]
@@ -74,10 +39,10 @@ def tokenizer(sd_tokenizers):
 def sd_pipe(tokenizer):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    unet = _unet(cross_attention_dim=32, attention_head_dim=8)
+    unet = tp.unet(cross_attention_dim=32, attention_head_dim=8)
     pipe = StableDiffusionPipeline(
         vae=_vae(),
-        text_encoder=_text_encoder(32),
+        text_encoder=tp.clip_text(32, layers=2),
         tokenizer=tokenizer,
         unet=unet,
         scheduler=DDIMScheduler(clip_sample=False),
@@ -94,7 +59,7 @@ def sdxl_pipe(sd_tokenizers):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     tok, tok2 = sd_tokenizers["sd"], sd_tokenizers["sdxl_2"]
-    unet = _unet(
+    unet = tp.unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -104,8 +69,8 @@ def sdxl_pipe(sd_tokenizers):
     )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
-        text_encoder=_text_encoder(32),
-        text_encoder_2=_text_encoder(32, with_projection=True),
+        text_encoder=tp.clip_text(32, layers=2),
+        text_encoder_2=tp.clip_text(32, projection=True, layers=2, seed=1),
         tokenizer=tok,
         tokenizer_2=tok2,
         unet=unet,

@@ -199,7 +199,10 @@ class PipelineAdapter:
         returns the plain embeddings themselves."""
         if not self.capabilities.weights:
             raise ValueError(self.missing("weights"))
-        kw = self.encode_plain(prompt, call_kw)
+        # The pipeline's call runs under no_grad; so must its encoders here, or some kernels
+        # (T5's attention among them) take a different path and round differently.
+        with torch.no_grad():
+            kw = self.encode_plain(prompt, call_kw)
         if weights is None or words is None or all(abs(w - 1.0) < 1e-12 for w in weights):
             return kw
         from ..weighting import position_weights

@@ -37,17 +37,12 @@ class FluxAdapter(PipelineAdapter):
 
     def missing(self, capability, call_kw=None):
         if capability == "phrase_guidance":
-            true_cfg = self.call_default("true_cfg_scale", call_kw, 1.0) or 1.0
-            if true_cfg <= 1:
-                return (
-                    "FLUX.1-dev is guidance-distilled: phrase guidance needs true classifier-free "
-                    "guidance (`true_cfg_scale > 1` with a negative_prompt), and even then "
-                    "FeedbackPipeline's phrase terms wrap UNet pipelines only; use reweight or "
-                    "resample"
-                )
+            # One message whatever true_cfg_scale is: with it > 1 FLUX runs true CFG as two
+            # separate transformer calls, which the phrase terms (a UNet CFG batch) don't wrap.
             return (
-                "phrase guidance wraps a UNet's classifier-free-guidance batch; FLUX.1 runs its "
-                "true CFG as separate transformer calls, which it does not wrap yet: use "
-                "reweight or resample"
+                "FLUX.1-dev is guidance-distilled: phrase guidance needs true classifier-free "
+                "guidance (`true_cfg_scale > 1` with a negative_prompt), and even then FLUX.1 "
+                "runs it as separate transformer calls, which FeedbackPipeline's phrase terms "
+                "(a UNet's CFG batch) do not wrap: use reweight or resample"
             )
         return super().missing(capability, call_kw)
