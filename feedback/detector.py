@@ -227,6 +227,14 @@ class MisalignmentDetector:
             out.append(loaded[key])
         return out
 
+    def unscored_words(self, caption: str) -> list[str]:
+        """The words of `caption` past this detector's text window (scored None), without
+        warning: a caller that reports the cut itself (the generation loop) asks here."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layout = self._prepare(caption).layout
+        return [w.text for w, s in zip(layout.words, layout.slices) if s is None]
+
     def _prepare(self, caption: str) -> _Prepared:
         if not isinstance(caption, str):
             raise InputError(f"caption must be a string, got {type(caption).__name__}")

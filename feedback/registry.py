@@ -108,11 +108,13 @@ def load_backend(
     shipped = _shipped()
     if model in shipped:
         entry = shipped[model]
-        return (
+        backend = (
             OpenClipBackend.load(f"local-dir:{entry.path}", device=device, dtype=dt)
             if entry.backend == "open_clip"
             else TransformersBackend.load(str(entry.path), device=device, dtype=dt)
         )
+        backend.name = model  # messages, reports and the app say the shipped name, not a path
+        return backend
     path = Path(model).expanduser()
     if path.is_dir():
         if (path / "open_clip_config.json").exists():

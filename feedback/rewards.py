@@ -118,10 +118,12 @@ class FeedbackReward:
         max_length: int | None = None,
         prefix: str = "",
         keep=None,
+        aligner=None,
     ) -> TokenRewards:
         """Word rewards of `info` spread onto `tokenizer`'s positions for the same prompts
         (any tokenizer: `pipe.tokenizer`, SDXL's `tokenizer_2`, a T5 or Gemma one with its
-        `max_sequence_length`; `generation`'s adapters give each encoder's arguments)."""
+        `max_sequence_length`). For a whole pipeline, `generation`'s adapters do this per text
+        encoder: `adapter_for(pipe).token_rewards(info)`."""
         return token_rewards(
             info.output,
             info.word_rewards,
@@ -129,6 +131,7 @@ class FeedbackReward:
             max_length=max_length,
             prefix=prefix,
             keep=keep,
+            aligner=aligner,
         )
 
 
@@ -140,9 +143,13 @@ def token_rewards(
     max_length: int | None = None,
     prefix: str = "",
     keep=None,
+    aligner=None,
 ) -> TokenRewards:
     """Spread per-word values (B, W) of `output`'s prompts onto `tokenizer`'s input positions
-    (`max_length`, `prefix`, `keep`: as in `align_words`; L is the kept length)."""
+    (`max_length`, `prefix`, `keep`: as in `align_words`; L is the kept length).
+
+    aligner(prompt, words) -> WordTokens: replaces `align_words` (an encoder that reads a
+    transformed prompt, e.g. lower-cased, supplies its own; `TextSlot.align` is one)."""
     max_length = max_length or tokenizer.model_max_length
     length = max_length if keep is None else len(keep)
     bsz = len(output.captions)
@@ -153,14 +160,22 @@ def token_rewards(
     scored = output.word_mask.cpu()
     alignments = []
     for b, prompt in enumerate(output.captions):
-        al = align_words(
-            prompt,
-            tokenizer,
-            words=output.words[b],
-            max_length=max_length,
-            prefix=prefix,
-            keep=keep,
-        )
+        if aligner is not None:
+            al = aligner(prompt, output.words[b])
+        else:
+            al = align_words(
+                prompt,
+                tokenizer,
+                words=output.words[b],
+                max_length=max_length,
+                prefix=prefix,
+                keep=keep,
+            )
+        if len(al.input_ids) != length:
+            raise ValueError(
+                f"the aligner gave {len(al.input_ids)} positions for {prompt[:40]!r}, expected "
+                f"{length} (max_length/keep disagree with it)"
+            )
         alignments.append(al)
         ids[b] = torch.tensor(al.input_ids)
         for i, pos in enumerate(al.positions):

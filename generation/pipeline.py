@@ -121,25 +121,32 @@ class FeedbackPipeline:
         return out
 
     def _warn_windows(self, prompt, cut, call_kw):
-        if not cut:
+        """One warning per prompt for every window that cuts it: the generator's encoders
+        and the detector's (whose own per-call warning the loop silences)."""
+        det_cut = self.detector.unscored_words(prompt)
+        if not cut and not det_cut:
             return
-        slots = {s.name: s for s in self.adapter.slots(call_kw)}
+        slots = {s.name: s for s in self.adapter.slots(call_kw)} if cut else {}
         seen = [n for n in slots if n not in cut]
         parts = [
             f"{n} reads {slots[n].window} tokens and misses {len(w)} words from {w[0]!r} on"
             for n, w in cut.items()
         ]
-        tail = (
-            f"; {', '.join(seen)} see{'s' if len(seen) == 1 else ''} them, so their weights "
-            "still reach the generator there"
-            if seen
-            else ": those words are not seen by the generator and are never re-weighted"
-        )
+        tail = ""
+        if cut:
+            tail = (
+                f"; {', '.join(seen)} see{'s' if len(seen) == 1 else ''} them, so their "
+                "weights still reach the generator there"
+                if seen
+                else " (the generator never sees those words, so they are never re-weighted)"
+            )
+        if det_cut:
+            parts.append(
+                f"the detector ({self.detector.backend.name}) leaves {len(det_cut)} words from "
+                f"{det_cut[0]!r} on unscored"
+            )
         warnings.warn(
-            f"prompt too long for some text encoders ({prompt[:50]!r}...): "
-            + "; ".join(parts)
-            + tail,
-            stacklevel=4,
+            f"prompt too long ({prompt[:40]!r}...): " + "; ".join(parts) + tail, stacklevel=4
         )
 
     # ------------------------------------------------------------------ call
@@ -273,7 +280,10 @@ class FeedbackPipeline:
                 s0 = state.rounds[state.best[0]].seeds[state.best[1]]
                 seeds = [s0 + 7919 * k for k in range(n)]
             images = self._images(state, plan, seeds)
-            out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
+            with warnings.catch_warnings():
+                # the window cut was warned once for the prompt (_warn_windows)
+                warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
+                out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
             reports = reports_from_output(out)
             if state.words is None:
                 state.words = out.words[0]

@@ -90,7 +90,7 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "feedback.cli", "app", "--port", str(port)],
+        [sys.executable, "-m", "generation.cli", "app", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

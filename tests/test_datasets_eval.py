@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 from feedback import MisalignmentDetector
-from feedback.cli import main
 from feedback.errors import InputError
 from feedback.eval.datasets import Sample, load_benchmark, richhf_tokens
 from feedback.eval.evaluate import evaluate, flagged_phrases, run_benchmark
 from feedback.eval.metrics import average_precision, word_prf
 from feedback.report import MisalignmentReport, WordScore
 from feedback.words import split_words
+from generation.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 CAT = "5e1f7c3a-9d2b-4c11-8a3e-2f6d0b7c9e41"  # prompt "A red cat sitting on a blue sofa"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from feedback.cli import main
+from generation.cli import main
 from shapesworld.pipelines import pipeline_path, prompt_set
 
 
@@ -82,7 +82,7 @@ def test_generate_resumes_and_shards_across_two_ranks(tmp_path):
     base = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "2"]
     base += ["--steps", "5", "--strategy", "best_of_n"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "feedback.cli", *base]
+    cmd += ["-m", "generation.cli", *base]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
@@ -107,12 +107,12 @@ def test_generate_resumes_after_a_kill(tmp_path, capsys):
     out = tmp_path / "gen"
     out.mkdir()
     # a previous run finished prompt 1 and was killed while writing prompt 2's line
-    (out / "results-0-of-1.jsonl").write_text(json.dumps({"index": 1}) + '\n{"index": 2, "pro')
+    (out / "results.jsonl").write_text(json.dumps({"index": 1}) + '\n{"index": 2, "pro')
     args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
     assert main(args + ["--steps", "3", "--strategy", "best_of_n"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped_done"] == 1 and summary["written"] == 2
-    lines = (out / "results-0-of-1.jsonl").read_text().splitlines()
+    lines = (out / "results.jsonl").read_text().splitlines()
     done = [json.loads(x)["index"] for x in lines if x.endswith("}")]
     assert sorted(done) == [0, 1, 2]
 
@@ -132,10 +132,83 @@ def test_demo_names_a_missing_pipeline(tmp_path, capsys):
     assert "pipeline folder not found" in capsys.readouterr().err
 
 
-def test_demo_refuses_an_empty_prompt_in_one_line(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--prompts", "  "]) == 2
+def _no_model_loads(monkeypatch):
+    import generation.cli as cli
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(cli, "load_pipeline", boom)
+    monkeypatch.setattr(cli, "build_detector", boom)
+
+
+def test_demo_refuses_an_empty_prompt_before_loading_and_writes_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    _no_model_loads(monkeypatch)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--prompts", "a red circle", "  "]) == 2
     err = capsys.readouterr().err
-    assert "empty prompt" in err and "Traceback" not in err
+    assert "--prompts: prompt 2 is empty" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_out_below_a_file_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    for cmd in (
+        ["generate", "--prompts", str(prompts), "--out", str(f / "sub")],
+        ["generate", "--prompts", str(prompts), "--out", str(f)],
+        ["demo", "--out", str(f / "sub")],
+    ):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out" in err and str(f) in err, err
+
+
+def test_generate_names_undecodable_and_empty_lines_and_runs_the_rest(tmp_path, capsys):
+    texts = [p.text for p in prompt_set(2)]
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(
+        texts[0].encode()
+        + b"\n\n"
+        + "caf\u00e9 rouge".encode("latin-1")
+        + b"\n"
+        + texts[1].encode()
+    )
+    out = tmp_path / "gen"
+    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
+    assert main(args + ["--steps", "2"]) == 0
+    cap = capsys.readouterr()
+    assert "line 3 not UTF-8 text; skipped" in cap.err
+    assert "skipped 1 empty line(s) (2)" in cap.err
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["prompts"] == 2 and summary["written"] == 2
+    # one process: results.jsonl, as demo writes; results keyed by line
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["results.jsonl"]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["prompt"]) for r in rows] == [(1, texts[0]), (4, texts[1])]
+    assert sorted(p.name for p in (out / "images").glob("?????.png")) == ["00000.png", "00003.png"]
+
+
+def test_a_long_prompt_gives_one_line_of_ours_only(tmp_path, capfd):
+    long = " ".join(["a small red circle to the left of a large blue square"] * 50)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(long + "\n")
+    args = ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--budget", "1"]
+    assert main(args + ["--steps", "1"]) == 0
+    import re
+
+    # tqdm redraws its bar with "\r": split there too, and drop the bar's frames
+    err = [x for x in re.split(r"[\r\n]", capfd.readouterr().err) if x.strip()]
+    err = [re.sub(r"^clip4dm generate \[0-of-1\]:.*?\|[^|]*\|[^\]]*\]", "", x) for x in err]
+    err = [x for x in err if x.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("clip4dm: warning: prompt too long"), err
+    assert "clip reads 30 tokens" in err[0] and "the detector (shapes-tiny-gen)" in err[0]
 
 
 def test_oracle_judges_only_prompts_in_its_grammar():
@@ -149,8 +222,8 @@ def test_oracle_judges_only_prompts_in_its_grammar():
 
 
 def test_cli_offers_every_loop_strategy():
-    from feedback.cli.main import build_parser
     from generation import STRATEGIES
+    from generation.cli import build_parser
 
     p = build_parser()
     for cmd in ("demo", "generate"):
@@ -160,8 +233,7 @@ def test_cli_offers_every_loop_strategy():
 
 
 def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps():
-    from feedback.cli.generate import _fb
-    from feedback.cli.main import build_parser
+    from generation.cli import _fb, build_parser
     from shapesworld.pipelines import load_pipeline, loop_threshold
 
     for cmd in (["demo"], ["generate", "--prompts", "p.txt", "--out", "o"], ["app"]):
@@ -173,3 +245,43 @@ def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps(
     from generation import RECOMMENDED_STRATEGY
 
     assert fb.config.strategy == args.strategy == RECOMMENDED_STRATEGY
+
+
+def test_the_detector_package_imports_nothing_from_generation():
+    """Data flows one way: feedback -> generation. The `clip4dm` entry point is generation's
+    CLI, which composes feedback's commands with the loop's."""
+    import ast
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    for f in (root / "feedback").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "generation" for n in names), (
+                f"{f.relative_to(root)} imports {names}"
+            )
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["clip4dm"] == "generation.cli:main"
+    from feedback.cli.main import build_parser as detector_parser
+
+    def commands(p):
+        return set(p._subparsers._group_actions[0].choices)
+
+    assert commands(detector_parser()) == {"check", "score", "eval", "calibrate"}
+    from generation.cli import build_parser
+
+    assert commands(build_parser()) == {
+        "check",
+        "score",
+        "eval",
+        "calibrate",
+        "demo",
+        "generate",
+        "app",
+    }

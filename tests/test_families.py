@@ -306,3 +306,56 @@ def test_real_unigram_tokenizer_in_the_t5_slot(tmp_path, sd_tokenizers, detector
         )
         r0 = out.history[0].rounds[0]
         assert torch.equal(r0.images, _plain(pipe, kw, r0.seeds).float())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_rewards_reach_every_encoder_of_every_family(family, pipes, detector):
+    """FeedbackReward's word rewards land on each encoder's own positions of each word (the
+    reward object never assumes a CLIP tokenizer)."""
+    from feedback import FeedbackReward
+
+    kw = tp.call_kwargs(family)
+    ad = adapter_for(pipes(family))
+    rewards, info = FeedbackReward(detector)(torch.rand(2, 3, 32, 32), [PROMPT, "a blue cross"])
+    per_slot = ad.token_rewards(info, kw)
+    slots = {s.name: s for s in ad.slots(kw)}
+    assert set(per_slot) == set(slots)
+    for name, tr in per_slot.items():
+        s = slots[name]
+        assert tr.rewards.shape == (2, s.max_length if s.keep is None else len(s.keep))
+        for b, prompt in enumerate(info.output.captions):
+            al = s.align(prompt, info.output.words[b])
+            for i, pos in enumerate(al.positions):
+                for p in pos:
+                    assert tr.mask[b, p]
+                    if len(pos) and sum(p in q for q in al.positions) == 1:
+                        assert tr.rewards[b, p] == pytest.approx(float(info.word_rewards[b, i]))
+            covered = {p for pos in al.positions for p in pos}
+            assert set(tr.mask[b].nonzero().flatten().tolist()) == covered
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_generate_loads_any_family_from_a_saved_folder(family, pipes, tmp_path, capsys):
+    """`clip4dm generate --pipeline DIR` on a folder diffusers' save_pretrained wrote: the
+    family's class comes from model_index.json and its adapter is picked."""
+    import json
+
+    from generation.cli import main
+
+    folder = tmp_path / family
+    pipes(family).save_pretrained(folder)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPT + "\n")
+    out = tmp_path / "out"
+    extra = tp.CALL[family]
+    code = main(
+        ["generate", "--pipeline", str(folder), "--prompts", str(prompts), "--out", str(out)]
+        + ["--budget", "2", "--steps", "2", "--guidance", "3", "--strategy", "reweight"]
+        + ["--mode", "most-negative"]  # the loop's default detector; always a word flagged
+        + ["--height", "32", "--width", "32"]
+        + [f"--pipeline-arg={k}={json.dumps(v)}" for k, v in extra.items() if k != "guidance_scale"]
+    )
+    assert code == 0, capsys.readouterr().err
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert row["adapter"]["family"] == family
+    assert [r["fix"] for r in row["rounds"]] == ["plain", "reweight"]

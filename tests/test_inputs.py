@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from feedback import InputError, MisalignmentDetector, load_image
-from feedback.cli import main
+from generation.cli import main
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16", "LA", "1", "F"])
@@ -328,7 +328,7 @@ def test_help_states_real_defaults_and_version(capsys):
     assert f"shapes-tiny:{card['layers']}" in text
     assert f"shapes-tiny:{card['threshold']}" in text
     assert "default:fp32" in text and "default:gradient" in text
-    from feedback.cli.main import build_parser
+    from generation.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name, parser in sub.choices.items():

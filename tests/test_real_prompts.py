@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from feedback import MisalignmentDetector, ModelLoadError
-from feedback.cli import main
+from generation.cli import main
 
 PROMPTS = [
     "a red triangle...",

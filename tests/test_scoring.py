@@ -54,7 +54,12 @@ def test_resume_repairs_torn_line_and_never_duplicates(tiny_open_clip_dir, manif
     for line in out.read_text().splitlines():
         rec = json.loads(line)
         if "error" not in rec:
-            assert rec["words"] == ref[rec["id"]]["words"]
+            # same words and verdicts; scores equal up to float rounding (a resumed run
+            # batches rows differently, and BLAS kernels round by batch shape)
+            got, want = rec["words"], ref[rec["id"]]["words"]
+            assert [{**w, "score": None} for w in got] == [{**w, "score": None} for w in want]
+            for g, w in zip(got, want):
+                assert g["score"] == pytest.approx(w["score"], rel=1e-4, abs=1e-9)
     again = score_manifest(det, manifest, out, batch_size=8, progress=False)
     assert again.written == 0 and again.skipped == 40
 
@@ -127,7 +132,7 @@ def test_two_ranks_each_score_a_shard(tiny_open_clip_dir, manifest, tmp_path):
 def test_manifest_problems_reported_at_once_and_good_rows_scored(
     tiny_open_clip_dir, manifest, tmp_path, capsys
 ):
-    from feedback.cli import main
+    from generation.cli import main
 
     lines = manifest.read_text().splitlines()
     lines.insert(3, "{not json")
@@ -176,7 +181,7 @@ def test_retry_errors_and_total_error_count(tiny_open_clip_dir, manifest, tmp_pa
     ],
 )
 def test_score_bad_options_one_line(case, expect, tiny_open_clip_dir, manifest, tmp_path, capsys):
-    from feedback.cli import main
+    from generation.cli import main
 
     out = tmp_path / "r.jsonl"
     args = ["score", "--data", str(manifest), "--model", str(tiny_open_clip_dir)]

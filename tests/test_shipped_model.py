@@ -8,9 +8,9 @@ import json
 import pytest
 
 from feedback import MisalignmentDetector, recommended_settings, shipped_models
-from feedback.cli import main
 from feedback.eval.datasets import load_shapes_foil
 from feedback.eval.evaluate import run_benchmark
+from generation.cli import main
 
 SHIPPED = ["shapes-tiny", "shapes-tiny-gen"]
 

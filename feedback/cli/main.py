@@ -1,12 +1,20 @@
-"""`clip4dm` command line: a thin layer over the library. Errors: one line on stderr, exit 2."""
+"""The detector's command line (check, score, eval, calibrate): a thin layer over the library.
+Errors: one line on stderr, exit 2.
+
+This package imports nothing from `generation`: the `clip4dm` entry point is
+`generation.cli:main`, which adds the loop's commands (demo, generate, app) through
+`build_parser(extra_commands=...)`. `python -m feedback.cli` runs the detector's commands only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,9 +94,13 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
+    """The parser; each of `extra_commands` is `add_commands(subparsers)` from a package above
+    (the composition root passes generation's)."""
     p = argparse.ArgumentParser(
-        prog="clip4dm", description="Word-level image-caption misalignment from CLIP (CLIP4DM)."
+        prog="clip4dm",
+        description="Word-level image-caption misalignment from CLIP (CLIP4DM).",
+        allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"clip4dm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_cmd_check)
     from . import data as cli_data
-    from . import generate as cli_generate
 
     cli_data.add_commands(sub)
-    cli_generate.add_commands(sub)
+    for add in extra_commands:
+        add(sub)
     return p
 
 
@@ -117,6 +129,18 @@ def _quiet_libraries():
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.CRITICAL)
+    # transformers and diffusers log through their own handlers (not the root's): their
+    # per-call messages (e.g. the tokenizer's truncation notice for every long prompt) would
+    # flood stderr where our own one-line warning already says it.
+    # Both set their level when first imported (from *_VERBOSITY), so set that too.
+    libs = {n: logging.getLogger(n) for n in ("transformers", "diffusers")}
+    lib_levels = {n: lg.level for n, lg in libs.items()}
+    for lg in libs.values():
+        lg.setLevel(logging.ERROR)
+    env = {k: os.environ.get(k) for k in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    for k, v in env.items():
+        if v is None:
+            os.environ[k] = "error"
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"clip4dm: warning: {message}", file=sys.stderr)
@@ -130,10 +154,15 @@ def _quiet_libraries():
             yield
         finally:
             root.setLevel(level)
+            for n, lg in libs.items():
+                lg.setLevel(lib_levels[n])
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, extra_commands: Sequence[Callable] = ()) -> int:
+    args = build_parser(extra_commands).parse_args(argv)
     with _quiet_libraries():
         try:
             return int(args.func(args) or 0)

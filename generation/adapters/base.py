@@ -219,6 +219,27 @@ class PipelineAdapter:
         kw["prompt_embeds"] = pe
         return kw
 
+    def token_rewards(self, info, call_kw: dict | None = None) -> dict:
+        """`info`'s word rewards (a `feedback.RewardInfo` from `FeedbackReward`) spread onto
+        each text encoder's input positions: {slot name: `feedback.TokenRewards`} (B, L) with
+        L that encoder's (kept) input length. Never assumes a CLIP tokenizer."""
+        if not self.capabilities.weights:
+            raise ValueError(self.missing("weights"))
+        from feedback import token_rewards
+
+        out = {}
+        for s in self.slots(call_kw):
+            out[s.name] = token_rewards(
+                info.output,
+                info.word_rewards,
+                s.tokenizer,
+                max_length=s.max_length,
+                prefix=s.prefix,
+                keep=s.keep,
+                aligner=s.align,
+            )
+        return out
+
     # ------------------------------------------------------------------ generation
     def generate(
         self,
