@@ -12,6 +12,7 @@ from .attend_excite import token_indices
 from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .pipeline import FeedbackPipeline
+from .prompt_syntax import ParsedPrompt, emit, parse_prompt
 from .selection import best_index
 from .strategies import STRATEGIES, RoundPlan, Strategy, register
 from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
@@ -32,7 +33,10 @@ __all__ = [
     "PromptHistory",
     "RoundEvent",
     "RoundRecord",
+    "ParsedPrompt",
     "apply_weights",
+    "emit",
+    "parse_prompt",
     "best_index",
     "raise_weights",
     "to_a1111",

@@ -43,6 +43,11 @@ class LoopConfig:
     max_phrase_weight: ... up to this.
     ae_max_iter_to_alter, ae_scale_factor: Attend-and-Excite's own knobs.
     seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
+    prompt_syntax: how the prompt's own weight syntax is read (`generation.parse_prompt`):
+        "auto" (A1111's `(word:1.3)`, `(word)`, `[word]` and Compel's `word++`, `(words)1.2`),
+        "a1111", "compel", or "none" (the prompt is text, brackets and all). Parsed weights
+        apply from round 0 on, the detector scores the clean text, and a prompt without any
+        syntax is used unchanged.
     """
 
     strategy: str = RECOMMENDED_STRATEGY
@@ -59,6 +64,7 @@ class LoopConfig:
     ae_max_iter_to_alter: int = 25
     ae_scale_factor: float = 20.0
     seed: int = 0
+    prompt_syntax: str = "auto"
 
     def __post_init__(self):
         from .strategies import STRATEGIES
@@ -76,6 +82,10 @@ class LoopConfig:
                 "phrase_step must be > 0 and max_phrase_weight >= 0, got "
                 f"{self.phrase_step}, {self.max_phrase_weight}"
             )
+        from .prompt_syntax import SYNTAXES
+
+        if self.prompt_syntax not in SYNTAXES:
+            raise ValueError(f"prompt_syntax must be one of {SYNTAXES}, got {self.prompt_syntax!r}")
         if self.weight_step <= 0:
             raise ValueError(f"weight_step must be > 0, got {self.weight_step}")
 

@@ -67,7 +67,9 @@ class RoundEvent:
 
 @dataclass
 class PromptHistory:
-    """Everything the loop did for one prompt; `best` = (round, index in round) kept."""
+    """Everything the loop did for one prompt; `best` = (round, index in round) kept.
+    `prompt` is the text the detector scored (weight syntax removed); `source` what the user
+    typed when it carried weight syntax, else None."""
 
     prompt: str
     rounds: list[RoundRecord]
@@ -76,6 +78,7 @@ class PromptHistory:
     """Why the loop stopped: "nothing_flagged" (the detector found nothing wrong in the kept
     image: what it knows, not proof the image is right), "max_images", "max_rounds" or "no_fix"
     (the strategy had nothing to try)."""
+    source: str | None = None
 
     @property
     def best_report(self) -> MisalignmentReport:
@@ -94,6 +97,7 @@ class PromptHistory:
     def to_dict(self) -> dict:
         return {
             "prompt": self.prompt,
+            **({"source": self.source} if self.source is not None else {}),
             "best": list(self.best),
             "stopped": self.stopped,
             "num_images": self.num_images,

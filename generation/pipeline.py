@@ -17,12 +17,13 @@ from contextlib import nullcontext
 
 import torch
 
-from feedback import MisalignmentDetector
+from feedback import MisalignmentDetector, split_words
 from feedback.detector import reports_from_output
 
 from .adapters import PipelineAdapter, adapter_for
 from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
+from .prompt_syntax import ParsedPrompt, parse_prompt
 from .selection import best_in_rounds, best_index
 from .strategies import LoopState, RoundPlan, get_strategy
 from .weighting import to_a1111, to_compel
@@ -108,6 +109,25 @@ class FeedbackPipeline:
         self.strategy.check(self.adapter, call_kw or {})
         return prompts
 
+    def parse_prompts(self, prompts: list[str]) -> list[ParsedPrompt]:
+        """Each prompt's weight syntax read (`LoopConfig.prompt_syntax`); refuses, before any
+        image, a prompt that is empty once its syntax is removed, and weights on a pipeline
+        that takes prompt strings only."""
+        out = []
+        for p in prompts:
+            pp = parse_prompt(p, self.config.prompt_syntax)
+            if not pp.text.strip():
+                raise ValueError(f"prompt {p!r} is empty once its weight syntax is removed")
+            if pp.weighted and not self.adapter.capabilities.weights:
+                raise ValueError(
+                    f"prompt {p[:40]!r} carries weight syntax, but "
+                    + self.adapter.missing("weights")
+                    + "; remove the weights or pass LoopConfig(prompt_syntax='none') to send it "
+                    "as text"
+                )
+            out.append(pp)
+        return out
+
     def windows_cut(self, prompt: str, call_kw: dict | None = None) -> dict[str, list[str]]:
         """Per text encoder, the words of `prompt` its window cuts (encoders that see every
         word are left out)."""
@@ -140,14 +160,13 @@ class FeedbackPipeline:
                 if seen
                 else " (the generator never sees those words, so they are never re-weighted)"
             )
+        msg = "; ".join(parts) + tail
         if det_cut:
-            parts.append(
+            msg += ("; " if msg else "") + (
                 f"the detector ({self.detector.backend.name}) leaves {len(det_cut)} words from "
                 f"{det_cut[0]!r} on unscored"
             )
-        warnings.warn(
-            f"prompt too long ({prompt[:40]!r}...): " + "; ".join(parts) + tail, stacklevel=4
-        )
+        warnings.warn(f"prompt too long ({prompt[:40]!r}...): {msg}", stacklevel=4)
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -221,7 +240,9 @@ class FeedbackPipeline:
         ):
             if v is not None:
                 call_kw[k] = v
-        prompts = self.check_inputs(prompt, negative_prompt, output_type, call_kw)
+        sources = self.check_inputs(prompt, negative_prompt, output_type, call_kw)
+        parsed = self.parse_prompts(sources)
+        prompts = [p.text for p in parsed]
         per_round = num_images_per_prompt or self.config.samples_per_round
         if generator is not None:
             base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -236,8 +257,8 @@ class FeedbackPipeline:
         cuts = [self.windows_cut(p, call_kw) for p in prompts]
         for p, cut in zip(prompts, cuts):
             self._warn_windows(p, cut, call_kw)
-        for j, (p, neg, cut) in enumerate(zip(prompts, negs, cuts)):
-            yield from self._rounds(p, neg, base + 100_003 * j, per_round, call_kw, cut)
+        for j, (pp, neg, cut) in enumerate(zip(parsed, negs, cuts)):
+            yield from self._rounds(pp, neg, base + 100_003 * j, per_round, call_kw, cut)
 
     # ------------------------------------------------------------------ internals
     def _images(self, state: LoopState, plan: RoundPlan, seeds: list[int]) -> torch.Tensor:
@@ -245,13 +266,14 @@ class FeedbackPipeline:
         gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         if plan.generate is not None:
             return plan.generate(state, gens)
-        plain = plan.weights is None or all(abs(w - 1.0) < 1e-12 for w in plan.weights)
+        weights = plan.weights if plan.weights is not None else state.base_weights
+        plain = weights is None or all(abs(w - 1.0) < 1e-12 for w in weights)
         # Unweighted rounds are the plain call itself (prompt string): bit for bit what the
         # user's own `pipe(prompt, generator=...)` makes.
         inputs = (
             {"prompt": state.prompt}
             if plain
-            else self.adapter.encode(state.prompt, state.words, plan.weights, state.call_kw)
+            else self.adapter.encode(state.prompt, state.words, weights, state.call_kw)
         )
         ctx = plan.context(state) if plan.context is not None else nullcontext()
         with ctx:
@@ -262,9 +284,13 @@ class FeedbackPipeline:
                 call_kw=state.call_kw,
             )
 
-    def _rounds(self, prompt, neg, base, per_round, call_kw, cut):
+    def _rounds(self, parsed: ParsedPrompt, neg, base, per_round, call_kw, cut):
         cfg, det, strat = self.config, self.detector, self.strategy
+        prompt = parsed.text
         state = LoopState(prompt, self.adapter, cfg, det.config.threshold, call_kw, neg)
+        # the detector's words (as it splits the prompt) and the user's weights on them
+        state.words = split_words(prompt)
+        state.base_weights = parsed.word_weights(state.words)
         budget = cfg.max_images
         used, next_seed, stopped = 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
@@ -285,9 +311,8 @@ class FeedbackPipeline:
                 warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
                 out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
             reports = reports_from_output(out)
-            if state.words is None:
-                state.words = out.words[0]
-            weights = plan.weights or [1.0] * len(state.words)
+            state.words = out.words[0]
+            weights = plan.weights if plan.weights is not None else state.base_weights
             rec = RoundRecord(
                 r,
                 plan.fix,
@@ -321,7 +346,8 @@ class FeedbackPipeline:
             if plan is None:
                 stopped = "no_fix"
                 break
-        yield PromptHistory(prompt, state.rounds, state.best, stopped)
+        source = parsed.source if parsed.source != prompt else None
+        yield PromptHistory(prompt, state.rounds, state.best, stopped, source)
 
     def _convert(self, images: torch.Tensor, output_type: str):
         if output_type == "pt":

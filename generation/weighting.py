@@ -17,6 +17,8 @@ import torch
 
 from feedback import Word, WordTokens, align_words
 
+from .prompt_syntax import emit
+
 
 def raise_weights(
     weights: list[float],
@@ -32,7 +34,10 @@ def raise_weights(
     for i, (s, flagged) in enumerate(zip(scores, misaligned)):
         if flagged and s is not None:
             severity = min(s / threshold, 2.0) if threshold < 0 else 1.0
-            out[i] = min(max_weight, out[i] + step * max(severity, 1.0))
+            # 4 decimals: what the syntax strings carry, so they round-trip exactly
+            # never lowers a weight the user gave above max_weight
+            raised = min(max_weight, out[i] + step * max(severity, 1.0))
+            out[i] = round(max(out[i], raised), 4)
     return out
 
 
@@ -76,22 +81,12 @@ def apply_weights(
 
 
 def to_a1111(prompt: str, words: Sequence[Word], weights: Sequence[float]) -> str:
-    """The prompt with weighted words in A1111 syntax: `(word:1.3)`."""
-    return _wrap(prompt, words, weights, lambda t, w: f"({t}:{w:.2f})")
+    """The prompt with weighted words in A1111 syntax, `(word:1.3)` (round-trips through
+    `generation.parse_prompt`)."""
+    return emit(prompt, words, weights, "a1111")
 
 
 def to_compel(prompt: str, words: Sequence[Word], weights: Sequence[float]) -> str:
-    """The prompt with weighted words in Compel syntax: `(word)1.3`."""
-    return _wrap(prompt, words, weights, lambda t, w: f"({t}){w:.2f}")
-
-
-def _wrap(prompt, words, weights, fmt) -> str:
-    out, last = [], 0
-    for w, wt in zip(words, weights):
-        if abs(wt - 1.0) < 1e-9:
-            continue
-        out.append(prompt[last : w.start])
-        out.append(fmt(prompt[w.start : w.end], wt))
-        last = w.end
-    out.append(prompt[last:])
-    return "".join(out)
+    """The prompt with weighted words in Compel syntax, `(word)1.3` (round-trips through
+    `generation.parse_prompt`)."""
+    return emit(prompt, words, weights, "compel")

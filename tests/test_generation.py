@@ -120,8 +120,8 @@ def test_weights_change_only_the_mapped_positions(which, sd_pipe, sdxl_pipe, det
         assert (kw["prompt_embeds"][0, want, 32:] != plain[0, want, 32:]).any()
         assert torch.equal(kw["pooled_prompt_embeds"], fb.encode(PROMPT)["pooled_prompt_embeds"])
     # the same weights as syntax for other tools
-    assert "(astronautically:1.50)" in to_a1111(PROMPT, words, weights)
-    assert "(astronautically)1.50" in to_compel(PROMPT, words, weights)
+    assert "(astronautically:1.5)" in to_a1111(PROMPT, words, weights)
+    assert "(astronautically)1.5" in to_compel(PROMPT, words, weights)
 
 
 def test_loop_stops_when_nothing_is_misaligned(sd_pipe, tiny_open_clip_dir):

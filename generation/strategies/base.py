@@ -55,6 +55,9 @@ class LoopState:
     call_kw: dict
     negative_prompt: str | None = None
     words: list[Word] | None = None
+    #: the prompt's own weights (from its weight syntax; all 1 without), used by every round
+    #: whose plan gives no weights of its own
+    base_weights: list[float] | None = None
     rounds: list = field(default_factory=list)
     best: tuple[int, int] | None = None
 
