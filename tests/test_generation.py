@@ -232,7 +232,7 @@ def test_bad_input_is_refused_before_generating(sd_pipe, sdxl_pipe, detector, mo
 def test_prompt_longer_than_77_tokens_is_visible(sd_pipe, detector):
     fb = FeedbackPipeline(sd_pipe, detector, LoopConfig(strategy="best_of_n", max_images=1))
     long = " ".join(["a red circle and"] * 30)
-    with pytest.warns(UserWarning, match="not seen by the generator"):
+    with pytest.warns(UserWarning, match="the generator never sees those words"):
         out = fb(long, output_type="pt", **GEN)
     assert out.images.shape[0] == 1
 
