@@ -134,29 +134,72 @@ def write_html(
     return path
 
 
-def write_grid(history: Sequence[PromptHistory], path: str | Path, *, scale: int = 4) -> Path:
-    """A PNG: one row per prompt, every image the loop made in order, the kept one framed."""
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _wrap_words(draw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
+def write_grid(
+    history: Sequence[PromptHistory], path: str | Path, *, scale: int = 4, text_width: int = 260
+) -> Path:
+    """A PNG that stands alone: one row per prompt, its text on the left (the kept image's
+    flagged words in red capitals, and why the loop stopped), then every image the loop made
+    in order, each labelled with its round and seed; the kept one framed in green."""
     path = Path(path)
     tiles = [
         [
-            (to_pil(img), (rec.round, k) == tuple(h.best))
+            (to_pil(img), (rec.round, k) == tuple(h.best), f"r{rec.round} seed {rec.seeds[k]}")
             for rec in h.rounds
             for k, img in enumerate(rec.images)
         ]
         for h in history
     ]
     size = max((t[0][0].width for t in tiles if t), default=32) * scale
-    pad = 6
+    pad, label_h = 6, 16
+    font, small = _font(13), _font(11)
     cols = max((len(t) for t in tiles), default=1)
-    canvas = Image.new("RGB", (cols * (size + pad) + pad, len(tiles) * (size + pad) + pad), "white")
+    row_h = size + label_h + pad
+    width = text_width + cols * (size + pad) + pad
+    canvas = Image.new("RGB", (width, len(tiles) * row_h + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(tiles):
-        for c, (img, kept) in enumerate(row):
-            x, y = pad + c * (size + pad), pad + r * (size + pad)
-            canvas.paste(img.resize((size, size), Image.NEAREST), (x, y))
+    for r, (h, row) in enumerate(zip(history, tiles)):
+        y0 = pad + r * row_h
+        flagged = {w.start for w in h.best_report.words if w.misaligned}
+        words = []
+        for w in h.best_report.words:
+            words.append((w.word.upper() if w.start in flagged else w.word, w.start in flagged))
+        # the prompt, flagged words marked; each word drawn in its colour
+        x, y = pad, y0
+        for text, bad in words:
+            tw = draw.textlength(text + " ", font=font)
+            if x + tw > text_width - pad and x > pad:
+                x, y = pad, y + 16
+            draw.text((x, y), text, fill=(200, 30, 30) if bad else (20, 20, 20), font=font)
+            x += tw
+        note = f"{h.num_images} images; {h.stop_text}"
+        for line in _wrap_words(draw, note, small, text_width - 2 * pad):
+            y += 16
+            draw.text((pad, y), line, fill=(110, 110, 110), font=small)
+        for c, (img, kept, label) in enumerate(row):
+            x = text_width + c * (size + pad)
+            canvas.paste(img.resize((size, size), Image.NEAREST), (x, y0))
+            draw.text((x, y0 + size + 2), label, fill=(90, 90, 90), font=small)
             if kept:
                 draw.rectangle(
-                    [x - 3, y - 3, x + size + 2, y + size + 2], outline=(34, 170, 119), width=3
+                    [x - 3, y0 - 3, x + size + 2, y0 + size + 2], outline=(34, 170, 119), width=3
                 )
     canvas.save(path)
     return path

@@ -285,3 +285,50 @@ def test_the_detector_package_imports_nothing_from_generation():
         "generate",
         "app",
     }
+
+
+def test_grid_png_labels_each_row_and_image(tmp_path):
+    """grid.png stands alone: each row's prompt text on the left (flagged words in red), each
+    image labelled with its round and seed, the kept one framed."""
+    import torch
+    from PIL import Image
+
+    from feedback import MisalignmentReport, WordScore
+    from generation.figures import write_grid
+    from generation.outputs import PromptHistory, RoundRecord
+
+    def history(prompt, flagged):
+        words = []
+        start = 0
+        for w in prompt.split():
+            words.append(
+                WordScore(w, start, start + len(w), -0.01 if w == flagged else 0.01, w == flagged)
+            )
+            start += len(w) + 1
+        rep = MisalignmentReport(prompt, words, 0.3, 0.75, -0.01, -0.01, False)
+        rec = RoundRecord(
+            0, "plain", torch.rand(2, 3, 8, 8), [rep, rep], [5, 6], [1.0] * 4, prompt, prompt
+        )
+        return PromptHistory(prompt, [rec], (0, 1), "max_images")
+
+    path = write_grid(
+        [history("a red circle left", "red"), history("a big blue cross", "big")],
+        tmp_path / "grid.png",
+        scale=4,
+    )
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    assert w == 260 + 2 * (32 + 6) + 6 and h == 2 * (32 + 16 + 6) + 6
+    text = img.crop((0, 0, 260, h))
+    reds = [p for p in text.getdata() if p[0] > 150 and p[1] < 90 and p[2] < 90]
+    darks = [p for p in text.getdata() if max(p) < 60]
+    assert reds and darks  # flagged words in red, the others in black
+    # the two rows' text differs (each row names its own prompt)
+    row1, row2 = text.crop((0, 0, 260, 54)), text.crop((0, 54, 260, 108))
+    assert list(row1.getdata()) != list(row2.getdata())
+    # a label under each image
+    under = img.crop((260, 32, 260 + 32, 48))
+    assert any(max(p) < 200 for p in under.getdata())
+    # the kept image (index 1) framed in green
+    x = 260 + 38
+    assert img.getpixel((x - 2, 20))[1] > 150 and img.getpixel((x - 2, 20))[0] < 80
