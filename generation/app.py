@@ -159,6 +159,21 @@ class App:
                 raise InputError(str(e)) from None
 
 
+def model_label(name: str) -> str:
+    """What the page calls a model: its shipped or hub name, or only the folder's own name
+    for a local folder (never a path on the server)."""
+    import os
+
+    for scheme in ("local-dir:", "hf-hub:"):
+        if name.startswith(scheme):
+            name = name[len(scheme) :] if scheme == "local-dir:" else name
+    if os.sep in name or (os.altsep and os.altsep in name):
+        p = Path(name)
+        if p.is_absolute() or name.startswith((".", "~")) or p.exists():
+            return p.name or name
+    return name
+
+
 def _page(h: PromptHistory, oracle, running: bool) -> str:
     cards, verdict = prompt_cards(h, oracle=oracle)
     status = (
@@ -213,7 +228,7 @@ def build_app(app: App):
     with gr.Blocks(title="clip4dm") as demo:
         gr.Markdown(
             "# clip4dm\nWhich words of the prompt did the image get wrong? "
-            f"Detector: `{app.detector.backend.name}`."
+            f"Detector: `{model_label(app.detector.backend.name)}`."
         )
         with gr.Tab("Check"):
             with gr.Row():

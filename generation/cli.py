@@ -430,8 +430,15 @@ def _cmd_app(args) -> int:
         from .app import App, launch
     except ImportError as e:
         raise Clip4dmError(f"the app needs gradio: pip install -e '.[app]' ({e})") from None
+    import warnings
+
     det = build_detector(args)
     pipe = None if args.no_pipeline else load_pipeline(args.pipeline, args.device)
+    # The web server stack (gradio, uvicorn, anyio) leaves event loops and upload handles to
+    # the garbage collector on every request; those ResourceWarnings say nothing about the
+    # user's request, so the app does not print them (our own code closes what it opens:
+    # tests/test_app.py checks it).
+    warnings.filterwarnings("ignore", category=ResourceWarning)
     print(f"clip4dm app on http://{args.host}:{args.port} (Ctrl+C stops it)")
     launch(App(det, pipe), host=args.host, port=args.port, block=True)
     return 0

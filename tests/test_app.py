@@ -88,7 +88,8 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
     from shapesworld.pipelines import prompt_set
 
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    # every warning shown (as a user with PYTHONWARNINGS=always would see them)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONWARNINGS": "always"}
     server = subprocess.Popen(
         [sys.executable, "-m", "generation.cli", "app", "--port", str(port)],
         env=env,
@@ -112,6 +113,8 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
             browser = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
+            header = page.locator("h1").first.locator("xpath=..").inner_text()
+            assert "shapes-tiny-gen" in header and "/" not in header.split("Detector:")[-1]
             page.locator("input[type=file]").first.set_input_files(path)
             page.locator("#caption textarea").fill(caption)
             page.locator("#check").click()
@@ -131,6 +134,34 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    log = server.stdout.read()
+    # no warnings about unclosed loops or files per request, and no server path shown
+    assert "unclosed" not in log and "ResourceWarning" not in log, log[-2000:]
+    assert "local-dir:" not in log and "/weights/" not in log, log[-2000:]
+
+
+def test_the_page_names_models_never_server_paths(tmp_path):
+    from generation.app import model_label
+
+    assert model_label("shapes-tiny-gen") == "shapes-tiny-gen"
+    assert model_label("hf-hub:org/repo") == "hf-hub:org/repo"
+    assert model_label("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    folder = tmp_path / "srv" / "my-clip"
+    folder.mkdir(parents=True)
+    assert model_label(f"local-dir:{folder}") == "my-clip"
+    assert model_label(str(folder)) == "my-clip"
+
+
+def test_a_check_closes_what_it_opens(detector, caught_foil):
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            App(detector).check(caught_foil[0], caught_foil[1])
+        gc.collect()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)]
 
 
 def test_a_check_does_not_wait_for_another_users_generation(detector, caught_foil):
