@@ -1,7 +1,13 @@
 """Command lines of the recipes: every field of a recipe's config dataclass is a flag (both
-`--output-dir` and `--output_dir`, through transformers' `HfArgumentParser`), its docstring
-is the flag's help, and `--config FILE` (JSON or YAML) sets fields from a file that the flags
-then override."""
+`--output-dir` and `--output_dir`, through transformers' `HfArgumentParser`; no abbreviations,
+so `--prompts` is never "ambiguous"), its docstring and default are the flag's help, and
+`--config FILE` (JSON or YAML) sets fields from a file that the flags then override.
+
+Errors (a bad flag value, a config field out of range, a missing model): one line
+`<recipe>: error: ...` on stderr and exit status 2 (`fail`, `run_recipe`). Run alone
+(`python recipes/x.py`, one process) that line is all; `accelerate launch` adds its own
+wrapper message after it (a `CalledProcessError` traceback, exit 1), which
+`accelerate launch -q` reduces to exit 1 without the traceback."""
 
 from __future__ import annotations
 
@@ -10,8 +16,36 @@ import ast
 import dataclasses
 import inspect
 import json
+import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
+
+
+def fail(message: str) -> NoReturn:
+    """One line `<recipe>: error: message` on stderr, exit status 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def run_recipe(main: Callable, parse: Callable, *, threads: int | None = None) -> None:
+    """`parse()` then `main(cfg)`, printing its JSON result; the errors a user can cause
+    (ValueError from a config or a check, a model that does not load, a missing file) become
+    `fail`'s one line."""
+    from feedback.errors import Clip4dmError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cfg = parse()
+    try:
+        result = main(cfg)
+    except (Clip4dmError, ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if result is not None:
+        print(json.dumps(result), flush=True)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -41,7 +75,7 @@ def field_docs(cls: type) -> dict[str, str]:
 def _load_file(path: str, names: set[str]) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"--config: no such file: {path}")
+        fail(f"--config: no such file: {path}")
     text = p.read_text()
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
@@ -51,13 +85,13 @@ def _load_file(path: str, names: set[str]) -> dict:
         else:
             values = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error becomes one clear line
-        raise SystemExit(f"--config {path}: not valid {p.suffix or 'JSON'}: {e}") from None
+        fail(f"--config {path}: not valid {p.suffix or 'JSON'}: {e}")
     if not isinstance(values, dict):
-        raise SystemExit(f"--config {path}: expected a mapping of field names to values")
+        fail(f"--config {path}: expected a mapping of field names to values")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise SystemExit(f"--config {path}: unknown field(s) {unknown}; known: {sorted(names)}")
+        fail(f"--config {path}: unknown field(s) {unknown}; known: {sorted(names)}")
     return values
 
 
@@ -68,12 +102,16 @@ def parse_config(cls: type, argv: list[str] | None = None, description: str | No
     parser = HfArgumentParser(
         cls, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    # Both spellings of every flag are registered; a prefix of one would be "ambiguous".
+    parser.allow_abbrev = False
     parser.add_argument("--config", default=None, help="JSON or YAML file of field values")
     docs = field_docs(cls)
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for action in parser._actions:
         if action.dest in docs:
             action.help = f"{docs[action.dest]} (default: {action.default})"
+        elif action.dest in types:
+            action.help = f"(default: {action.default})"
         if str(types.get(action.dest)).startswith(("dict", "<class 'dict'>")):
             action.type = json.loads  # dict fields take JSON on the command line
     pre = argparse.ArgumentParser(add_help=False)
@@ -81,5 +119,8 @@ def parse_config(cls: type, argv: list[str] | None = None, description: str | No
     known, _ = pre.parse_known_args(argv)  # the file's values become the flags' defaults
     if known.config:
         parser.set_defaults(**_load_file(known.config, set(types)))
-    cfg, *_ = parser.parse_args_into_dataclasses(argv)
+    try:
+        cfg, *_ = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:  # a field's __post_init__ check: one line naming the field
+        fail(str(e))
     return cfg

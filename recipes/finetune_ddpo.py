@@ -16,18 +16,20 @@ Round loop, checkpoints, data parallelism and `--resume`: `generation.finetune.r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds
+from generation.finetune.ranges import POSITIVE
 from generation.finetune.sampler import (
     ddim_scheduler,
     ddim_step_logprob,
     guided_eps,
     sample_with_logprob,
 )
+from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import REWARDS, make_reward, parse_args
 from shapesworld.pipelines import FINETUNE_SEED, prompt_set
 
@@ -45,12 +47,14 @@ class DDPOConfig(RoundsConfig):
     """PPO ratio clip (DDPO's default: the per-step ratios are very close to 1)."""
     lr: float = 1e-4
 
+    RANGES: ClassVar[dict] = {"eta": POSITIVE, "clip_range": POSITIVE}
+
 
 def main(cfg: DDPOConfig) -> dict:
     if cfg.reward not in REWARDS:
-        raise SystemExit(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
+        raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
     if cfg.eta <= 0:
-        raise SystemExit("--eta must be > 0: a deterministic sampler has no log-probabilities")
+        raise ValueError("--eta must be > 0: a deterministic sampler has no log-probabilities")
     state: dict = {}
 
     def collect(pipe, prompts, seeds) -> Collected:
@@ -101,5 +105,4 @@ def main(cfg: DDPOConfig) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    print(json.dumps(main(parse_args(cls=DDPOConfig))), flush=True)
+    run_recipe(main, lambda: parse_args(cls=DDPOConfig), threads=2)

@@ -23,12 +23,12 @@ The round loop, checkpoints, data parallelism and `--resume` are `generation.fin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds
+from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import CLIP_TIE_BREAK, load_detector, parse_args
 from shapesworld.pipelines import FINETUNE_SEED, prompt_set
 
@@ -50,7 +50,7 @@ def main(cfg: DistillConfig) -> dict:
     from generation import FeedbackPipeline, LoopConfig
 
     if cfg.keep not in ("aligned", "best"):
-        raise SystemExit(f"--keep must be aligned or best, got {cfg.keep!r}")
+        raise ValueError(f"--keep must be aligned or best, got {cfg.keep!r}")
     state: dict = {}
 
     def collect(pipe, prompts, seeds) -> Collected:
@@ -101,5 +101,4 @@ def main(cfg: DistillConfig) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    print(json.dumps(main(parse_args(cls=DistillConfig))), flush=True)
+    run_recipe(main, lambda: parse_args(cls=DistillConfig), threads=2)

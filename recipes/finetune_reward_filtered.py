@@ -21,13 +21,14 @@ LoRA as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds, sample_round
-from recipes.cli import parse_config
+from generation.finetune.ranges import Range
+from recipes.cli import parse_config, run_recipe
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
 REWARDS = ("f_clip_score", "clip_score", "oracle")
@@ -47,6 +48,8 @@ class FilteredConfig(RoundsConfig):
     min_reward: float = float("-inf")
     """Learn only from best images with at least this reward (f_clip_score: 0 = nothing
     flagged; oracle: 1 = right)."""
+
+    RANGES: ClassVar[dict] = {"keep_fraction": Range(0, 1, lo_open=True)}
 
 
 #: Weight of CLIPScore (0-2.5) added to the F-CLIPScore and oracle rewards: breaks ties (many
@@ -91,7 +94,7 @@ def make_reward(detector: str, which: str, device):
 
 def main(cfg: FilteredConfig) -> dict:
     if cfg.reward not in REWARDS:
-        raise SystemExit(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
+        raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
     reward = None
 
     def collect(pipe, prompts, seeds) -> Collected:
@@ -129,5 +132,4 @@ def parse_args(argv=None, cls=FilteredConfig):
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    print(json.dumps(main(parse_args())), flush=True)
+    run_recipe(main, parse_args, threads=2)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recipes.cli import parse_config
+from generation.finetune.ranges import COUNT, NONNEG, check_ranges
+from recipes.cli import parse_config, run_recipe
 from shapesworld.generated import POOL_SEED, label_generated
 from shapesworld.pipelines import PIPELINE_NAME, load_pipeline, prompt_set
 
@@ -34,6 +36,18 @@ class PoolConfig:
     steps: int = 20
     guidance: float = 4.0
     threads: int = 2
+
+    RANGES: ClassVar[dict] = {
+        "parts": COUNT,
+        "prompts_per_part": COUNT,
+        "images_per_prompt": COUNT,
+        "steps": COUNT,
+        "guidance": NONNEG,
+        "threads": COUNT,
+    }
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def main(cfg: PoolConfig) -> dict:
@@ -77,4 +91,4 @@ def parse_args(argv=None) -> PoolConfig:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(parse_args())))
+    run_recipe(main, parse_args)

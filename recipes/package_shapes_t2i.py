@@ -16,8 +16,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from recipes.cli import parse_config
+from generation.finetune.ranges import COUNT, NONNEG, Range, check_ranges
+from recipes.cli import parse_config, run_recipe
 from shapesworld.pipelines import (
     VALIDATION_SEED,
     generate_and_judge,
@@ -42,6 +44,17 @@ class PackageT2IConfig:
     """Detector whose stop threshold is calibrated on the generated validation images."""
     rate: float = 0.1
     """Target share of fully right generated images that still get a word flagged."""
+
+    RANGES: ClassVar[dict] = {
+        "n": COUNT,
+        "steps": COUNT,
+        "guidance": NONNEG,
+        "batch": COUNT,
+        "rate": Range(0, 1, lo_open=True, hi_open=True),
+    }
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def validate(pipe, n: int, steps: int, guidance: float, batch: int) -> tuple[dict, list]:
@@ -159,7 +172,7 @@ def write_readme(dest: Path, card: dict) -> None:
 def main(cfg: PackageT2IConfig) -> dict:
     src, dest = Path(cfg.run) / "pipeline", Path(cfg.dest)
     if not (src / "model_index.json").is_file():
-        raise SystemExit(f"no pipeline at {src}: run recipes/train_shapes_t2i.py first")
+        raise FileNotFoundError(f"no pipeline at {src}: run recipes/train_shapes_t2i.py first")
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training.json"))
@@ -184,4 +197,4 @@ def parse_args(argv=None) -> PackageT2IConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_recipe(main, parse_args)

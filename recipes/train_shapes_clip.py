@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from feedback.backends import OpenClipBackend, text_forward
-from recipes.cli import parse_config
+from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, SHARE, check_ranges
+from recipes.cli import parse_config, run_recipe
 from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
 from shapesworld import Degradation
 from shapesworld.data import MEAN, STD, concat_batches, make_batch, pool_batch
@@ -100,6 +102,27 @@ class TrainConfig:
     generated_fraction: float = 0.5
     """Share of each batch drawn from --generated-pool."""
     model_cfg: dict = field(default_factory=default_model_cfg)
+
+    RANGES: ClassVar[dict] = {
+        "steps": COUNT,
+        "max_minutes": NONNEG,
+        "batch_size": COUNT,
+        "foils_per_image": NONNEG_INT,
+        "lr": POSITIVE,
+        "warmup": NONNEG_INT,
+        "weight_decay": NONNEG,
+        "hard_weight": NONNEG,
+        "seed": NONNEG_INT,
+        "resolution": COUNT,
+        "degradation_p": SHARE,
+        "save_every": COUNT,
+        "export_every": COUNT,
+        "threads": COUNT,
+        "generated_fraction": SHARE,
+    }
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def export(model: torch.nn.Module, cfg: TrainConfig, out: Path, summary: dict) -> None:
@@ -313,4 +336,4 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(parse_args())))
+    run_recipe(main, parse_args)

@@ -25,6 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,7 +33,16 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
-from recipes.cli import parse_config
+from generation.finetune.ranges import (
+    COUNT,
+    NONNEG,
+    NONNEG_INT,
+    POSITIVE,
+    SHARE,
+    Range,
+    check_ranges,
+)
+from recipes.cli import parse_config, run_recipe
 from shapesworld.data import render_batch
 
 
@@ -64,6 +74,25 @@ class T2IConfig:
     init_from: str = ""
     """A pipeline folder written by this recipe: continue from its VAE (kept frozen, no VAE
     stage) and its (EMA) UNet instead of starting from scratch."""
+
+    RANGES: ClassVar[dict] = {
+        "max_minutes": NONNEG,
+        "vae_share": SHARE,
+        "vae_steps": NONNEG_INT,
+        "unet_steps": COUNT,
+        "batch_size": COUNT,
+        "vae_lr": POSITIVE,
+        "unet_lr": POSITIVE,
+        "kl_weight": NONNEG,
+        "caption_dropout": Range(0, 1, hi_open=True),
+        "ema_decay": Range(0, 1, hi_open=True),
+        "p_two_objects": SHARE,
+        "seed": NONNEG_INT,
+        "export_every": COUNT,
+    }
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 RESOLUTION = 32
@@ -334,4 +363,4 @@ def parse_args(argv=None) -> T2IConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_recipe(main, parse_args)

@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .lora import add_unet_lora, lora_digest, save_lora
+from .ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, Range, check_ranges
 from .rounds import denoising_loss, encode_images, training_scheduler
 
 
@@ -52,6 +54,25 @@ class RoundsConfig:
     unconditional prediction that classifier-free guidance subtracts is trained on the same
     images (as in the base model's training); 0 trains the conditional prediction only.
     Denoising objectives only (DDPO's policy objective ignores it)."""
+
+    RANGES: ClassVar[dict] = {
+        "rounds": COUNT,
+        "prompts_per_round": COUNT,
+        "images_per_prompt": COUNT,
+        "steps_per_round": COUNT,
+        "batch_size": COUNT,
+        "gradient_accumulation_steps": COUNT,
+        "lr": POSITIVE,
+        "rank": COUNT,
+        "sample_steps": COUNT,
+        "guidance": NONNEG,
+        "seed": NONNEG_INT,
+        "threads": COUNT,
+        "caption_dropout": Range(0, 1, hi_open=True),
+    }
+
+    def __post_init__(self):
+        check_ranges(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
