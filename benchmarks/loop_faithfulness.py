@@ -34,6 +34,7 @@ from feedback import (
 )
 from generation import FeedbackPipeline, LoopConfig
 from shapesworld.pipelines import (
+    LOOP_DETECTOR,
     judge_tensor,
     load_pipeline,
     loop_threshold,
@@ -70,7 +71,7 @@ class Clock:
         self.generation = 0.0
 
     def wrap(self, fb: FeedbackPipeline) -> FeedbackPipeline:
-        score, gen = fb.detector.score, fb._generate
+        score, gen = fb.detector.score, fb.adapter.generate
 
         def timed_score(*a, **k):
             t = time.perf_counter()
@@ -87,7 +88,7 @@ class Clock:
                 self.generation += time.perf_counter() - t
 
         fb.detector.score = timed_score
-        fb._generate = timed_gen
+        fb.adapter.generate = timed_gen
         return fb
 
 
@@ -112,7 +113,9 @@ def main():
     p.add_argument("--budget", type=int, default=4, help="images per prompt")
     p.add_argument("--ae-n", type=int, default=60, help="prompts for Attend-and-Excite")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--detector", default="shapes-tiny", help="shipped detector name or path")
+    p.add_argument(
+        "--detector", default=LOOP_DETECTOR, help=f"shipped detector name or path ({LOOP_DETECTOR})"
+    )
     p.add_argument(
         "--threshold",
         type=float,

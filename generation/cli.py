@@ -16,13 +16,11 @@ from feedback.cli.main import build_parser as _feedback_parser
 from feedback.cli.main import main as _feedback_main
 from feedback.cli.options import add_detector_args, build_detector, positive_int
 from feedback.errors import Clip4dmError, InputError, ModelLoadError
+from shapesworld.pipelines import LOOP_DETECTOR
+from shapesworld.pipelines import PIPELINE_NAME as SHIPPED_PIPELINE
 
 from .config import RECOMMENDED_STRATEGY
 from .strategies import STRATEGIES
-
-SHIPPED_PIPELINE = "shapes-sd-tiny"
-#: The loop commands' default detector: tuned on that pipeline's generated images.
-LOOP_DETECTOR = "shapes-tiny-gen"
 
 
 def _add_loop_args(p) -> None:
@@ -214,16 +212,22 @@ def load_pipeline(name: str, device: str):
     return pipe.to(device)
 
 
+def loop_detector_args(args):
+    """The loop commands' detector settings: with the shipped pipeline and no --threshold,
+    the pipeline card's eps for this detector, calibrated on *generated* images (the same
+    value the benchmarks and the README use)."""
+    if args.threshold is None and getattr(args, "pipeline", SHIPPED_PIPELINE) == SHIPPED_PIPELINE:
+        from shapesworld.pipelines import loop_threshold
+
+        args.threshold = loop_threshold(detector=args.model)
+    return args
+
+
 def _fb(args, pipe):
     from .config import LoopConfig
     from .pipeline import FeedbackPipeline
 
-    if args.threshold is None and args.pipeline == SHIPPED_PIPELINE:
-        # The shipped pipeline's card calibrates the detector's eps on *generated* images.
-        from shapesworld.pipelines import loop_threshold
-
-        args.threshold = loop_threshold(detector=args.model)
-    det = build_detector(args)
+    det = build_detector(loop_detector_args(args))
     cfg = LoopConfig(strategy=args.strategy, max_images=args.budget, seed=args.seed)
     try:
         return FeedbackPipeline(pipe, det, cfg)
@@ -432,7 +436,7 @@ def _cmd_app(args) -> int:
         raise Clip4dmError(f"the app needs gradio: pip install -e '.[app]' ({e})") from None
     import warnings
 
-    det = build_detector(args)
+    det = build_detector(loop_detector_args(args))
     pipe = None if args.no_pipeline else load_pipeline(args.pipeline, args.device)
     # The web server stack (gradio, uvicorn, anyio) leaves event loops and upload handles to
     # the garbage collector on every request; those ResourceWarnings say nothing about the

@@ -12,6 +12,10 @@ from .foils import HELD_OUT_SEED
 from .scenes import Scene, sample_scene
 
 PIPELINE_NAME = "shapes-sd-tiny"
+#: The loop's default detector on the shipped pipeline (tuned on its generated images). Its
+#: eps is the pipeline card's calibration for it (`loop_threshold`): the one value the CLI
+#: (demo, generate, app), the benchmarks and the README use.
+LOOP_DETECTOR = "shapes-tiny-gen"
 #: Seeds of the prompt sets (the training recipe draws scenes from other seeds).
 PROMPT_SEED = HELD_OUT_SEED + 11
 VALIDATION_SEED = HELD_OUT_SEED + 13
@@ -122,14 +126,14 @@ def word_kind_accuracy(judgements) -> dict[str, float]:
     return {k: right[k] / total[k] for k in sorted(total)}
 
 
-def loop_threshold(name: str = PIPELINE_NAME, detector: str = "shapes-tiny") -> float | None:
+def loop_threshold(name: str = PIPELINE_NAME, detector: str = LOOP_DETECTOR) -> float | None:
     """The stop-rule eps the pipeline's card calibrated for `detector` on generated images
     (None when the card has none for that detector)."""
     cal = loop_calibration(name, detector)
     return cal.get("threshold") if cal else None
 
 
-def loop_calibration(name: str = PIPELINE_NAME, detector: str = "shapes-tiny") -> dict | None:
+def loop_calibration(name: str = PIPELINE_NAME, detector: str = LOOP_DETECTOR) -> dict | None:
     """The card's whole calibration of `detector` on the pipeline's generated images (eps,
     false alarms, recall), or None."""
     import json
