@@ -14,6 +14,7 @@ from .images import load_image, to_rgb
 from .registry import load_backend, recommended_settings, shipped_models
 from .report import MisalignmentReport, WordScore
 from .rewards import FeedbackReward, RewardConfig, token_rewards
+from .verifier import Verifier, fit_verifier
 from .words import Word, split_words
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "select_misaligned",
     "shipped_models",
     "split_words",
+    "Verifier",
+    "fit_verifier",
     "sum_negative_attribution",
     "to_rgb",
 ]

@@ -203,6 +203,26 @@ class MisalignmentDetector:
                 img = self._encode_images(self._load_images(images))
             return self._score_batch(img, prepared, nan_policy)
 
+    @torch.no_grad()
+    def cosine(self, images: Sequence[ImageLike] | torch.Tensor, captions: Sequence[str]):
+        """(n_images, n_captions) float32 cosine of every image with every templated caption,
+        without attribution (what CLIPScore is made of: `2.5 * max(cos, 0)`); captions past
+        the context are truncated as in `score`. For contrasts: an image's cosine with its
+        prompt against minimally edited prompts (`feedback.verifier`)."""
+        captions = list(captions)
+        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+            raise InputError("captions must be non-empty strings")
+        if isinstance(images, torch.Tensor):
+            check_image_tensor(images)
+            img = self.backend.encode_image(self.backend.preprocess_tensor(images.detach()))
+        else:
+            img = self._encode_images(self._load_images(images))
+        texts = [join_template(self.config.template, c) for c in captions]
+        txt = self.backend.encode_text(self.backend.tokenize(texts))
+        img = torch.nn.functional.normalize(img.float(), dim=-1)
+        txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+        return img @ txt.T
+
     # ---------------------------------------------------------------------------------------
     def _check_pairs(self, images, captions) -> list[str]:
         if isinstance(captions, str):

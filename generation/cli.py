@@ -60,7 +60,39 @@ def _add_loop_args(p) -> None:
         "(max_sequence_length=256, true_cfg_scale=4, use_resolution_binning=false, "
         "complex_human_instruction=null); repeatable",
     )
+    p.add_argument(
+        "--verifier",
+        default="auto",
+        metavar="CARD|auto|none",
+        help="verifier card (clip4dm calibrate --verifier): the loop keeps the image it ranks "
+        "first and stops early only when its P(right) reaches the card's level; auto: the "
+        "shipped pipeline's card when the detector and eps are the card's; none: F-CLIPScore "
+        "selection, stop when nothing is flagged",
+    )
     add_detector_args(p, LOOP_DETECTOR)
+
+
+def loop_verifier(args):
+    """The `--verifier` the loop uses (None for none)."""
+    from feedback import Verifier
+
+    choice = getattr(args, "verifier", "none")
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return Verifier.load(choice)
+    if getattr(args, "pipeline", SHIPPED_PIPELINE) != SHIPPED_PIPELINE:
+        return None
+    from shapesworld.pipelines import loop_verifier_path
+
+    path = loop_verifier_path()
+    if path is None:
+        return None
+    card = Verifier.load(path)
+    same_eps = card.threshold is None or (
+        args.threshold is not None and abs(card.threshold - args.threshold) < 1e-12
+    )
+    return card if card.detector == args.model and same_eps else None
 
 
 def pipeline_arg(text: str) -> tuple[str, object]:
@@ -229,8 +261,9 @@ def _fb(args, pipe):
 
     det = build_detector(loop_detector_args(args))
     cfg = LoopConfig(strategy=args.strategy, max_images=args.budget, seed=args.seed)
+    verifier = loop_verifier(args)
     try:
-        return FeedbackPipeline(pipe, det, cfg)
+        return FeedbackPipeline(pipe, det, cfg, verifier=verifier)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -266,7 +299,9 @@ def _cmd_demo(args) -> int:
     oracle = oracle if shapes else None
     html_path = write_html(history, out / "report.html", oracle=oracle)
     grid_path = write_grid(history, out / "grid.png")
-    print(f"\n{'prompt':<62} {'imgs':>4}  {'flagged (kept image)':<22} {'oracle':<6}")
+    print(
+        f"\n{'prompt':<58} {'imgs':>4}  {'flagged (kept image)':<20} {'P(right)':>8}  {'oracle':<6}"
+    )
     for h in history:
         r, k = h.best
         verdict = "-"
@@ -275,7 +310,9 @@ def _cmd_demo(args) -> int:
                 "right" if judge(to_pil(h.rounds[r].images[k]), h.prompt).all_correct else "wrong"
             )
         flagged = ", ".join(h.best_report.misaligned_words) or "-"
-        print(f"{h.prompt[:62]:<62} {h.num_images:>4}  {flagged[:22]:<22} {verdict:<6}")
+        p = h.rounds[r].p_right[k] if k < len(h.rounds[r].p_right) else None
+        p = "-" if p is None else f"{p:.2f}"
+        print(f"{h.prompt[:58]:<58} {h.num_images:>4}  {flagged[:20]:<20} {p:>8}  {verdict:<6}")
     print(f"\n{len(prompts)} prompts in {time.perf_counter() - t0:.1f} s")
     print(f"report: {html_path}\ngrid:   {grid_path}\njson:   {out / 'results.jsonl'}")
     return 0

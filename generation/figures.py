@@ -93,9 +93,15 @@ def prompt_cards(
                 f"{' · kept' if kept else ''}</div>"
                 f"<div class='words'>{_words_html(r, rec.weights, verdicts)}</div>"
                 f"<div class='meta'>F-CLIPScore {r.f_clip_score:.5f} · "
-                f"CLIPScore {r.clip_score:.3f}</div>{oracle_line}</div>"
+                f"CLIPScore {r.clip_score:.3f}{_p_right(rec, k)}</div>{oracle_line}</div>"
             )
     return f"<div class='rounds'>{''.join(cards)}</div>", verdict_ok
+
+
+def _p_right(rec, k: int) -> str:
+    """' · P(right) 0.83' when the loop ran with a verifier card."""
+    p = rec.p_right[k] if k < len(rec.p_right) else None
+    return f" · <b class='p-right'>P(right) {p:.2f}</b>" if p is not None else ""
 
 
 def write_html(
@@ -112,14 +118,18 @@ def write_html(
     for h in history:
         rep = h.best_report
         cards, verdict_ok = prompt_cards(h, oracle=oracle, scale=scale)
+        r, k = h.best
+        p = h.rounds[r].p_right[k] if k < len(h.rounds[r].p_right) else None
         rows.append(
             f"<tr><td>{html.escape(h.prompt)}</td><td>{h.num_images}</td>"
             f"<td>{html.escape(', '.join(rep.misaligned_words) or '-')}</td>"
+            f"<td>{'-' if p is None else f'{p:.2f}'}</td>"
             f"<td>{html.escape(h.stop_text)}</td><td>{verdict_ok or '-'}</td></tr>"
         )
         blocks.append(f"<div class='prompt'>{html.escape(h.prompt)}</div>{cards}")
     head = (
         "<tr><th>prompt</th><th>images</th><th>still flagged (kept image)</th>"
+        "<th>P(right) (kept image)</th>"
         "<th>stopped</th><th>oracle: kept image right</th></tr>"
     )
     doc = (
@@ -189,7 +199,11 @@ def write_grid(
                 x, y = pad, y + 16
             draw.text((x, y), text, fill=(200, 30, 30) if bad else (20, 20, 20), font=font)
             x += tw
-        note = f"{h.num_images} images; {h.stop_text}"
+        r_, k_ = h.best
+        p = h.rounds[r_].p_right[k_] if k_ < len(h.rounds[r_].p_right) else None
+        note = f"{h.num_images} images; {h.stop_text}" + (
+            f"; kept P(right) {p:.2f}" if p is not None else ""
+        )
         for line in _wrap_words(draw, note, small, text_width - 2 * pad):
             y += 16
             draw.text((pad, y), line, fill=(110, 110, 110), font=small)

@@ -25,6 +25,8 @@ class RoundRecord:
     truncated: per text encoder whose window cuts the prompt, the words it never sees (an
         encoder missing here sees every word; e.g. CLIP's 77 tokens vs T5's 256-512).
     extra: what a strategy recorded beyond these fields.
+    p_right: the verifier's P(right) per image (among all the prompt's images up to the last
+        round; empty without a verifier).
     """
 
     round: int
@@ -40,6 +42,7 @@ class RoundRecord:
     phrase_weights: list[float] = field(default_factory=list)
     truncated: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    p_right: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}
@@ -50,6 +53,7 @@ class RoundRecord:
 #: What each `PromptHistory.stopped` code means, in the words reports and the app show.
 STOP_REASONS = {
     "nothing_flagged": "the detector found nothing wrong",
+    "verified": "the verifier's P(right) reached its stop level",
     "max_images": "image budget spent",
     "max_rounds": "round budget spent",
     "no_fix": "no fix left to try",
@@ -76,7 +80,8 @@ class PromptHistory:
     best: tuple[int, int]
     stopped: str
     """Why the loop stopped: "nothing_flagged" (the detector found nothing wrong in the kept
-    image: what it knows, not proof the image is right), "max_images", "max_rounds" or "no_fix"
+    image: what it knows, not proof the image is right), "verified" (the verifier's P(right)
+    of the kept image reached the card's stop level), "max_images", "max_rounds" or "no_fix"
     (the strategy had nothing to try)."""
     source: str | None = None
 

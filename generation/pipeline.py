@@ -24,8 +24,8 @@ from .adapters import PipelineAdapter, adapter_for
 from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .prompt_syntax import ParsedPrompt, parse_prompt
-from .selection import best_in_rounds, best_index
 from .strategies import LoopState, RoundPlan, get_strategy
+from .verifier import load_verifier, rank, satisfied, say_no_verifier_once
 from .weighting import to_a1111, to_compel
 
 OUTPUT_TYPES = ("pil", "pt", "np")
@@ -41,6 +41,10 @@ class FeedbackPipeline:
 
     adapter: a family name ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "generic"), an
         adapter class or instance; default: picked from the pipeline's class and components.
+    verifier: a `feedback.Verifier` card (or its path) fitted on this generator's labelled
+        images: the loop keeps the image with the highest P(right) and stops early only when
+        it reaches the card's stop level (`generation.verifier`). None: F-CLIPScore selection
+        and stop when nothing is flagged (said once).
     """
 
     def __init__(
@@ -50,8 +54,20 @@ class FeedbackPipeline:
         config: LoopConfig | None = None,
         *,
         adapter: str | type[PipelineAdapter] | PipelineAdapter | None = None,
+        verifier=None,
     ):
         self.adapter = adapter_for(pipe, adapter)
+        self.verifier = load_verifier(verifier)
+        if self.verifier is None:
+            say_no_verifier_once()
+        elif self.verifier.threshold is not None and (
+            abs(self.verifier.threshold - detector.config.threshold) > 1e-12
+        ):
+            raise ValueError(
+                f"the verifier card was fitted at eps {self.verifier.threshold:.6g} but the "
+                f"detector uses {detector.config.threshold:.6g}: load the detector with "
+                f"threshold={self.verifier.threshold!r}, or refit the card at this eps"
+            )
         self.pipe = pipe
         self.detector = detector
         self.config = config or LoopConfig()
@@ -331,13 +347,13 @@ class FeedbackPipeline:
             state.rounds.append(rec)
             used += n
             yield RoundEvent(prompt, rec)
-            state.best = (
-                best_in_rounds(state.rounds)
-                if cfg.select_from_all_rounds
-                else (r, best_index(reports))
-            )
-            if cfg.stop_when_aligned and not state.chosen.misaligned_words:
-                stopped = "nothing_flagged"  # what the detector knows, not a verdict
+            state.best, probs = rank(state.rounds, self.verifier, cfg.select_from_all_rounds)
+            for rec_, p in zip(state.rounds, probs):
+                rec_.p_right = p
+            p_best = probs[state.best[0]][state.best[1]] if self.verifier else None
+            if cfg.stop_when_aligned and satisfied(state.chosen, p_best, self.verifier):
+                # what the detector (or the verifier) knows, not a verdict
+                stopped = "verified" if self.verifier else "nothing_flagged"
                 break
             if strat.single_round or used >= budget:
                 stopped = "max_images"

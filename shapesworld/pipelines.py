@@ -19,6 +19,8 @@ LOOP_DETECTOR = "shapes-tiny-gen"
 #: Seeds of the prompt sets (the training recipe draws scenes from other seeds).
 PROMPT_SEED = HELD_OUT_SEED + 11
 VALIDATION_SEED = HELD_OUT_SEED + 13
+#: Prompts of the verifier's calibration pool (never a benchmark's or a training pool's).
+CALIBRATION_SEED = HELD_OUT_SEED + 23
 #: Seed of the fine-tuning recipes' training prompts (round r, process k: + 1000 r + k).
 FINETUNE_SEED = HELD_OUT_SEED + 10_000_019
 
@@ -124,6 +126,13 @@ def word_kind_accuracy(judgements) -> dict[str, float]:
             total[w.kind] = total.get(w.kind, 0) + 1
             right[w.kind] = right.get(w.kind, 0) + int(w.correct)
     return {k: right[k] / total[k] for k in sorted(total)}
+
+
+def loop_verifier_path(name: str = PIPELINE_NAME) -> Path | None:
+    """The pipeline's verifier card (`feedback.Verifier`: fitted on its labelled generated
+    images for `LOOP_DETECTOR` at the loop eps), or None when it ships none."""
+    path = Path(__file__).parent / "weights" / name / "verifier.json"
+    return path if path.is_file() else None
 
 
 def loop_threshold(name: str = PIPELINE_NAME, detector: str = LOOP_DETECTOR) -> float | None:

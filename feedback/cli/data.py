@@ -94,6 +94,21 @@ def add_commands(sub) -> None:
         help="share of right images allowed a false alarm (default 0.1)",
     )
     c.add_argument("--out", default=None, help="write the calibration as JSON")
+    c.add_argument(
+        "--verifier",
+        default=None,
+        metavar="CARD.json",
+        help="also fit a verifier (P(image is right) from the detector's outputs, grouped by "
+        'each row\'s "group" or else its caption) at the calibrated eps and write its card; '
+        "the loop then selects and stops by it (FeedbackPipeline(..., verifier=CARD))",
+    )
+    c.add_argument(
+        "--false-accept",
+        type=float,
+        default=0.05,
+        help="the verifier's stop level lets at most this share of wrong images pass "
+        "(default 0.05)",
+    )
     add_detector_args(c)
     c.set_defaults(func=_cmd_calibrate)
 
@@ -241,4 +256,58 @@ def _cmd_calibrate(args) -> int:
     )
     if args.out:
         Path(args.out).write_text(json.dumps(cal.to_dict(), indent=2))
+    if args.verifier:
+        _fit_verifier(args, samples, reports, cal.threshold)
     return 0
+
+
+def _fit_verifier(args, samples, reports, eps: float) -> None:
+    """Fit and write the verifier card at the eps the loop will use (--threshold if given,
+    else the one just calibrated)."""
+    from ..verifier import fit_verifier
+
+    if not 0 < args.false_accept < 1:
+        raise InputError(f"--false-accept must lie in (0, 1), got {args.false_accept}")
+    rows = [
+        json.loads(x) for x in Path(args.data).read_text(encoding="utf-8").splitlines() if x.strip()
+    ]
+    if args.threshold is None:
+        args.threshold = eps
+        det = build_detector(args)
+        reports = det.detect([s.image for s in samples], [s.caption for s in samples])
+    else:
+        det = build_detector(args)
+    groups: dict = {}
+    for row, s, rep in zip(rows, samples, reports):
+        key = row.get("group", row["caption"])
+        groups.setdefault(json.dumps(key), ([], []))
+        groups[json.dumps(key)][0].append(rep)
+        groups[json.dumps(key)][1].append(bool(s.is_original))
+    g_reports = [v[0] for v in groups.values()]
+    g_labels = [v[1] for v in groups.values()]
+    try:
+        ver = fit_verifier(
+            g_reports,
+            g_labels,
+            unit=-det.config.threshold,
+            false_accept_rate=args.false_accept,
+            detector=args.model,
+            threshold=det.config.threshold,
+        )
+    except ValueError as e:
+        raise InputError(f"--verifier: {e}") from None
+    ver.save(args.verifier)
+    st = ver.stats
+    print(
+        f"verifier: cross-validated AUC {st['cv_auc']:.3f} (CLIPScore alone "
+        f"{st.get('clip_score_auc', float('nan')):.3f}); keeps a right image for "
+        f"{100 * st['cv_selection_accuracy']:.1f}% of {st['n_prompts']} prompts (CLIPScore "
+        f"{100 * st.get('clip_score_selection_accuracy', float('nan')):.1f}%); stops at "
+        f"P >= {ver.stop_level:.3f} ({100 * ver.false_accept_rate:.0f}% of wrong images pass, "
+        f"{100 * st['stop_level_right_accepted']:.0f}% of right ones)"
+    )
+    eps = det.config.threshold
+    print(
+        f"selects by {ver.select_by} (what kept more right images above); card: {args.verifier} "
+        f"(eps {eps:.6g})"
+    )

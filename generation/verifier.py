@@ -1,0 +1,74 @@
+"""How the loop ranks a prompt's images and when it stops.
+
+With a verifier card (`feedback.Verifier`, fitted on this generator's labelled images by
+`clip4dm calibrate --verifier`): keep the image the card's rule picks among all the prompt's
+images (the highest P(right), or the highest CLIPScore where that kept more right images on
+the calibration pool: `select_by`), and stop early only once the kept image's P(right)
+reaches the card's `stop_level` (chosen for a stated false-accept rate on the calibration
+pool). Without one: today's rule -- F-CLIPScore,
+ties by CLIPScore, the earliest on exact ties, and stop when the detector flags nothing --
+which the loop says once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from feedback import Verifier
+
+from .selection import best_in_rounds, best_index
+
+_told = False
+
+
+def load_verifier(verifier) -> Verifier | None:
+    """A `Verifier`, a card path, or None (no verifier)."""
+    if verifier is None or isinstance(verifier, Verifier):
+        return verifier
+    if isinstance(verifier, (str, Path)):
+        return Verifier.load(verifier)
+    raise ValueError(f"verifier must be a feedback.Verifier, a card path or None, got {verifier!r}")
+
+
+def say_no_verifier_once() -> None:
+    global _told
+    if not _told:
+        _told = True
+        warnings.warn(
+            "no verifier card: the loop keeps the best image by F-CLIPScore (ties by "
+            "CLIPScore) and stops when the detector flags nothing; fit a verifier on ~300 "
+            "labelled images of your generator with `clip4dm calibrate --verifier` and pass "
+            "it as FeedbackPipeline(..., verifier=card)",
+            stacklevel=3,
+        )
+
+
+def rank(rounds, verifier: Verifier | None, all_rounds: bool = True):
+    """(round, index) of the image to keep, and the P(right) of every image per round (empty
+    lists without a verifier). With a verifier the group is every image made so far."""
+    if verifier is None:
+        best = (
+            best_in_rounds(rounds)
+            if all_rounds
+            else (rounds[-1].round, best_index(rounds[-1].reports))
+        )
+        return best, [[] for _ in rounds]
+    pool = rounds if all_rounds else rounds[-1:]
+    flat = [(rec.round, k, rep) for rec in pool for k, rep in enumerate(rec.reports)]
+    reports = [rep for _, _, rep in flat]
+    probs = verifier.probabilities(reports)
+    i = verifier.select(reports, probs)
+    per_round, it = [], iter(probs)
+    for rec in pool:
+        per_round.append([next(it) for _ in rec.reports])
+    if not all_rounds:
+        per_round = [[] for _ in rounds[:-1]] + per_round
+    return (flat[i][0], flat[i][1]), per_round
+
+
+def satisfied(report, p_right: float | None, verifier: Verifier | None) -> bool:
+    """The early-stop test for the kept image."""
+    if verifier is None:
+        return not report.misaligned_words
+    return p_right is not None and p_right >= verifier.stop_level

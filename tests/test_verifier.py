@@ -1,0 +1,188 @@
+"""The verifier: features from the detector's outputs, a logistic fit on labelled images, its
+JSON card, and the loop's selection and stop by it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tiny_pipelines as tp
+import torch
+
+from feedback import (
+    InputError,
+    MisalignmentDetector,
+    MisalignmentReport,
+    Verifier,
+    WordScore,
+    fit_verifier,
+)
+from feedback.verifier import FEATURES, image_features
+from generation import FeedbackPipeline, LoopConfig
+
+EPS = -0.002
+
+
+def _rep(clip: float, lowest: float, caption="a red circle") -> MisalignmentReport:
+    words = [
+        WordScore("a", 0, 1, 0.001, False),
+        WordScore("red", 2, 5, lowest, lowest < EPS),
+        WordScore("circle", 6, 12, 0.002, False),
+    ]
+    neg = sum(w.score for w in words if w.misaligned)
+    return MisalignmentReport(caption, words, clip / 2.5, clip, neg, neg * (1 - clip / 2.5))
+
+
+def _pool(n_prompts=60, seed=0):
+    """Synthetic groups of 4 images: right ones have a higher CLIPScore and no low word."""
+    rng = np.random.default_rng(seed)
+    groups, labels = [], []
+    for g in range(n_prompts):
+        hard = g % 2
+        ys = rng.random(4) < (0.3 if hard else 0.8)
+        reps = [
+            _rep(0.6 + 0.1 * y - 0.05 * hard + rng.normal(0, 0.03), -0.001 - 0.004 * (not y))
+            for y in ys
+        ]
+        groups.append(reps)
+        labels.append(list(map(bool, ys)))
+    return groups, labels
+
+
+def test_features_are_relative_to_the_prompts_best():
+    f = image_features([_rep(0.7, -0.001), _rep(0.5, -0.006)], unit=-EPS)
+    assert len(f) == 2 and len(f[0]) == len(FEATURES)
+    i = FEATURES.index
+    assert f[0][i("clip_score_vs_best")] == 0 and f[1][i("clip_score_vs_best")] == pytest.approx(
+        -0.2
+    )
+    assert f[1][i("min_word_u")] == pytest.approx(-3.0) and f[1][i("n_flagged")] == 1
+    lone = image_features([_rep(0.7, -0.001)], unit=-EPS)[0]
+    assert lone[i("clip_score_vs_best")] == lone[i("clip_score_z")] == 0
+    with pytest.raises(ValueError, match="unit"):
+        image_features([_rep(0.7, 0.0)], unit=0)
+
+
+def test_fit_card_round_trip_and_stop_level(tmp_path):
+    groups, labels = _pool()
+    ver = fit_verifier(groups, labels, unit=-EPS, false_accept_rate=0.1, threshold=EPS)
+    assert ver.stats["cv_auc"] > 0.85
+    assert ver.select_by in ("p_right", "clip_score")
+    # at most 10% of the wrong calibration images reach the stop level (on CV predictions,
+    # so check on the fitted model with a margin)
+    probs = [p for g in groups for p in ver.probabilities(g)]
+    y = [v for ls in labels for v in ls]
+    wrong = [p for p, v in zip(probs, y) if not v]
+    assert np.mean([p >= ver.stop_level for p in wrong]) <= 0.2
+    path = ver.save(tmp_path / "card.json")
+    back = Verifier.load(path)
+    assert back.probabilities(groups[0]) == ver.probabilities(groups[0])
+    assert json.loads(path.read_text())["kind"] == "clip4dm-verifier"
+
+
+def test_bad_cards_and_labels_are_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        Verifier.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "something-else"}')
+    with pytest.raises(InputError, match="not a clip4dm verifier card"):
+        Verifier.load(bad)
+    groups, labels = _pool(10)
+    with pytest.raises(ValueError, match="both right and wrong"):
+        fit_verifier(groups, [[True] * 4 for _ in groups], unit=-EPS)
+
+
+def test_detector_cosine_matches_the_scored_cosine(tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    x = torch.rand(3, 3, 32, 32)
+    caps = ["a red circle", "a blue square left of a red circle"]
+    c = det.cosine(x, caps)
+    assert c.shape == (3, 2)
+    assert torch.allclose(c[:, 1], det.score(x, [caps[1]] * 3).cosine, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sd(sd_tokenizers):
+    return tp.build("sd", sd_tokenizers["sd"])
+
+
+def _card(det, stop_level, select_by="p_right"):
+    groups, labels = _pool()
+    ver = fit_verifier(groups, labels, unit=-det.config.threshold, threshold=det.config.threshold)
+    ver.stop_level = stop_level
+    ver.select_by = select_by
+    return ver
+
+
+@pytest.mark.parametrize("select_by", ["p_right", "clip_score"])
+def test_the_loop_keeps_what_the_card_selects(sd, tiny_open_clip_dir, select_by):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=EPS)
+    ver = _card(det, 2.0, select_by)
+    fb = FeedbackPipeline(sd, det, LoopConfig(strategy="best_of_n", max_images=4), verifier=ver)
+    h = fb("a red circle", output_type="pt", **tp.call_kwargs("sd")).history[0]
+    rec = h.rounds[0]
+    assert len(rec.p_right) == 4 and rec.p_right == ver.probabilities(rec.reports)
+    want = ver.select(rec.reports, rec.p_right)
+    assert h.best == (0, want)
+    key = rec.p_right if select_by == "p_right" else [r.clip_score for r in rec.reports]
+    assert key[want] == max(key)
+
+
+def test_the_verifiers_stop_rule(sd, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=EPS)
+    kw = tp.call_kwargs("sd")
+    cfg = LoopConfig(strategy="resample", max_images=4)
+    # a level every image reaches: stop after the first image, "verified"
+    h = FeedbackPipeline(sd, det, cfg, verifier=_card(det, 0.0))("a red circle", **kw).history[0]
+    assert h.stopped == "verified" and h.num_images == 1
+    # a level no image reaches: the whole budget, even where nothing is flagged
+    h = FeedbackPipeline(sd, det, cfg, verifier=_card(det, 1.01))("a red circle", **kw).history[0]
+    assert h.stopped == "max_images" and h.num_images == 4
+
+
+def test_a_card_fitted_at_another_eps_is_refused(sd, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=EPS)
+    ver = _card(det, 0.5)
+    ver.threshold = -0.005
+    with pytest.raises(ValueError, match="fitted at eps -0.005 but the detector uses -0.002"):
+        FeedbackPipeline(sd, det, LoopConfig(), verifier=ver)
+
+
+def test_without_a_card_the_loop_says_so_once(sd, tiny_open_clip_dir, monkeypatch):
+    import generation.verifier as gv
+
+    monkeypatch.setattr(gv, "_told", False)
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
+    with pytest.warns(UserWarning, match="no verifier card"):
+        FeedbackPipeline(sd, det, LoopConfig())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeedbackPipeline(sd, det, LoopConfig())  # said once: no second warning
+
+
+def test_calibrate_fits_and_writes_a_card(tmp_path, tiny_open_clip_dir, capsys):
+    """`clip4dm calibrate --verifier` on a labels.jsonl of images grouped by prompt."""
+    from PIL import Image
+
+    from generation.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in range(12):
+        for k in range(4):
+            name = f"{g}_{k}.png"
+            Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(tmp_path / name)
+            rows.append({"image": name, "caption": f"a red circle number {g}", "right": k < 2})
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = tmp_path / "verifier.json"
+    argv = ["calibrate", "--data", str(data), "--model", str(tiny_open_clip_dir)]
+    assert main(argv + ["--verifier", str(card), "--threshold", "-0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "verifier: cross-validated AUC" in out and "selects by" in out
+    ver = Verifier.load(card)
+    assert ver.threshold == -0.001 and ver.stats["n_prompts"] == 12 and ver.stats["n_images"] == 48
+    assert main(argv + ["--verifier", str(card), "--false-accept", "2"]) == 2
