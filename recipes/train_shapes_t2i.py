@@ -88,7 +88,7 @@ class T2IConfig:
         "ema_decay": Range(0, 1, hi_open=True),
         "p_two_objects": SHARE,
         "seed": NONNEG_INT,
-        "export_every": COUNT,
+        "export_every": NONNEG_INT,  # 0: export only at the end
     }
 
     def __post_init__(self):

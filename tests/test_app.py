@@ -135,6 +135,7 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
         server.terminate()
         server.wait(timeout=30)
     log = server.stdout.read()
+    server.stdout.close()
     # no warnings about unclosed loops or files per request, and no server path shown
     assert "unclosed" not in log and "ResourceWarning" not in log, log[-2000:]
     assert "local-dir:" not in log and "/weights/" not in log, log[-2000:]
@@ -156,12 +157,14 @@ def test_a_check_closes_what_it_opens(detector, caught_foil):
     import gc
     import warnings
 
+    gc.collect()  # earlier tests' garbage is not this test's
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         for _ in range(3):
             App(detector).check(caught_foil[0], caught_foil[1])
         gc.collect()
-    assert not [w for w in seen if issubclass(w.category, ResourceWarning)]
+    leaks = [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks
 
 
 def test_a_check_does_not_wait_for_another_users_generation(detector, caught_foil):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -332,3 +333,35 @@ def test_grid_png_labels_each_row_and_image(tmp_path):
     # the kept image (index 1) framed in green
     x = 260 + 38
     assert img.getpixel((x - 2, 20))[1] > 150 and img.getpixel((x - 2, 20))[0] < 80
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_loop_snippet_runs_as_written():
+    block = README.read_text().split("## The loop")[1].split("```python")[1].split("```")[0]
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - the README's own example
+    h = ns["h"]
+    assert h.source == "a (red:1.2) circle left of a blue square"
+    assert h.prompt == "a red circle left of a blue square"
+    assert h.rounds[0].prompt_a1111.startswith("a (red:1.2) circle")
+    assert len(h.rounds[0].p_right) == len(h.rounds[0].seeds)
+
+
+def test_the_readme_quotes_the_cards_it_names():
+    """One source of truth: the README's loop eps and verifier figures are the shipped cards'."""
+    import json
+
+    from shapesworld.pipelines import loop_threshold, loop_verifier_path
+
+    text = README.read_text()
+    assert f"--threshold {loop_threshold()!r}" in text
+    card = json.loads(loop_verifier_path().read_text())
+    st = card["stats"]
+    assert card["threshold"] == loop_threshold() and card["detector"] == "shapes-tiny-gen"
+    clip_sel, ver_sel = st["clip_score_selection_accuracy"], st["cv_selection_accuracy"]
+    sel = f"({100 * clip_sel:.1f}% vs {100 * ver_sel:.1f}%"
+    assert sel in text
+    assert f"(AUC {st['cv_auc']:.2f} vs CLIPScore's {st['clip_score_auc']:.2f})" in text
+    assert f"it is {'CLIPScore' if card['select_by'] == 'clip_score' else 'P(right)'}" in text
