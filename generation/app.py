@@ -21,8 +21,8 @@ from feedback.errors import Clip4dmError
 from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
-from .selection import best_in_rounds
 from .strategies import STRATEGIES
+from .verifier import rank
 
 
 @dataclass
@@ -70,9 +70,18 @@ def report_html(report) -> str:
 class App:
     """The app's logic, independent of Gradio (tested directly)."""
 
-    def __init__(self, detector: MisalignmentDetector, pipe=None, config: AppConfig | None = None):
+    def __init__(
+        self,
+        detector: MisalignmentDetector,
+        pipe=None,
+        config: AppConfig | None = None,
+        *,
+        verifier=None,
+    ):
         self.detector = detector
         self.pipe = pipe
+        #: the loop's verifier card (selection, stop and P(right) on the page), or None
+        self.verifier = verifier
         self.config = config or AppConfig()
         # A diffusers pipeline is not thread-safe (its scheduler keeps per-call state): one
         # generation at a time, the next request waits in Gradio's queue. Checks only use the
@@ -141,7 +150,10 @@ class App:
             )
         except ValueError as e:
             raise InputError(str(e)) from None
-        fb = FeedbackPipeline(self.pipe, self.detector, cfg)
+        try:
+            fb = FeedbackPipeline(self.pipe, self.detector, cfg, verifier=self.verifier)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         oracle = _shapes_oracle(prompt)
         done = []
         # The loop runs in this (Gradio worker) thread and yields after every round; a
@@ -153,7 +165,10 @@ class App:
                         yield _page(item, oracle, running=False)
                     else:
                         done.append(item.record)
-                        partial = PromptHistory(prompt, list(done), best_in_rounds(done), "running")
+                        best, probs = rank(done, self.verifier)
+                        for rec, p in zip(done, probs):
+                            rec.p_right = p
+                        partial = PromptHistory(item.prompt, list(done), best, "running")
                         yield _page(partial, oracle, running=True)
             except ValueError as e:
                 raise InputError(str(e)) from None

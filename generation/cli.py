@@ -188,6 +188,12 @@ def add_commands(sub) -> None:
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
     )
     a.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    a.add_argument(
+        "--verifier",
+        default="auto",
+        metavar="CARD|auto|none",
+        help="the Generate tab's verifier card (as for demo; auto: the shipped pipeline's)",
+    )
     add_detector_args(a, LOOP_DETECTOR)
     a.set_defaults(func=_cmd_app)
 
@@ -481,7 +487,7 @@ def _cmd_app(args) -> int:
     # tests/test_app.py checks it).
     warnings.filterwarnings("ignore", category=ResourceWarning)
     print(f"clip4dm app on http://{args.host}:{args.port} (Ctrl+C stops it)")
-    launch(App(det, pipe), host=args.host, port=args.port, block=True)
+    launch(App(det, pipe, verifier=loop_verifier(args)), host=args.host, port=args.port, block=True)
     return 0
 
 

@@ -129,6 +129,7 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
             status = page.locator("#rounds .status")
             expect(status).to_contain_text("done", timeout=120_000)
             assert page.locator("#rounds .card img").count() >= 1
+            assert "P(right)" in page.locator("#rounds").inner_text()  # the shipped card
             page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
             browser.close()
     finally:
@@ -192,3 +193,14 @@ def test_generate_streams_rounds_with_the_chosen_budget(detector):
     assert pages[-1].count("<img") == 3
     with pytest.raises(InputError, match="max_rounds"):
         next(app.generate("a red circle", "reweight", 2, 4, 0, rounds=0))
+
+
+def test_generate_with_the_shipped_verifier_shows_p_right():
+    from feedback import Verifier
+    from shapesworld.pipelines import load_pipeline, loop_threshold, loop_verifier_path, prompt_set
+
+    det = MisalignmentDetector.from_pretrained("shapes-tiny-gen", threshold=loop_threshold())
+    app = App(det, load_pipeline(), verifier=Verifier.load(loop_verifier_path()))
+    pages = list(app.generate(prompt_set(2)[0].text, "resample", 2, 4, 0))
+    assert all("P(right)" in p for p in pages)
+    assert "stopped:" in pages[-1]

@@ -365,3 +365,19 @@ def test_the_readme_quotes_the_cards_it_names():
     assert sel in text
     assert f"(AUC {st['cv_auc']:.2f} vs CLIPScore's {st['clip_score_auc']:.2f})" in text
     assert f"it is {'CLIPScore' if card['select_by'] == 'clip_score' else 'P(right)'}" in text
+
+
+def test_the_screenshots_show_the_demos_current_defaults():
+    """docs/screenshots.py records the settings it ran with; a change of the demo's defaults
+    without new screenshots (python docs/screenshots.py) fails here."""
+    import importlib.util
+
+    docs = README.parent / "docs"
+    spec = importlib.util.spec_from_file_location("screenshots", docs / "screenshots.py")
+    shots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shots)
+    recorded = json.loads((docs / "screenshots.json").read_text())["demo"]
+    assert recorded == shots.demo_settings()
+    assert all(
+        (docs / n).is_file() for n in ("demo-report.png", "app-check.png", "app-generate.png")
+    )
