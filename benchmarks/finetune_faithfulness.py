@@ -50,6 +50,23 @@ RECIPES = {
     "DDPO, CLIPScore (twin)": ("ddpo", {"reward": "clip_score"}),
     "loop distillation (reweight)": ("distill", {"strategy": "reweight"}),
     "loop distillation (resample control)": ("distill", {"strategy": "resample"}),
+    # anchor data: half of every denoising batch is rendered scenes with exact captions
+    "reward-filtered, oracle (ceiling), anchors": (
+        "filtered",
+        {"reward": "oracle", "min_reward": 1.0, "keep_fraction": 1.0, "anchor_fraction": 0.5},
+    ),
+    "reward-filtered, F-CLIPScore, anchors": (
+        "filtered",
+        {"reward": "f_clip_score", "anchor_fraction": 0.5},
+    ),
+    "reward-filtered, CLIPScore (twin), anchors": (
+        "filtered",
+        {"reward": "clip_score", "anchor_fraction": 0.5},
+    ),
+    # word-level hindsight relabeling (recipes/finetune_relabel.py), anchors included
+    "relabel, detector (word level), anchors": ("relabel", {"relabel_by": "detector"}),
+    "relabel, CLIPScore (twin), anchors": ("relabel", {"relabel_by": "clip_score"}),
+    "relabel, oracle (ceiling), anchors": ("relabel", {"relabel_by": "oracle"}),
 }
 #: Each CLIP4DM recipe's scalar CLIPScore twin at equal compute (the token-level recipe's is
 #: best-of-N by CLIPScore, the same number of plain samples per prompt).
@@ -59,6 +76,10 @@ TWINS = {
     "DDPO, F-CLIPScore": "DDPO, CLIPScore (twin)",
     "loop distillation (reweight)": "reward-filtered, CLIPScore (twin)",
     "loop distillation (resample control)": "reward-filtered, CLIPScore (twin)",
+    "reward-filtered, oracle (ceiling), anchors": "reward-filtered, CLIPScore (twin), anchors",
+    "reward-filtered, F-CLIPScore, anchors": "reward-filtered, CLIPScore (twin), anchors",
+    "relabel, detector (word level), anchors": "relabel, CLIPScore (twin), anchors",
+    "relabel, oracle (ceiling), anchors": "relabel, CLIPScore (twin), anchors",
 }
 
 
@@ -86,7 +107,10 @@ def held_out(cache: Path, key: str, make_pipe, held: dict) -> dict[int, np.ndarr
 
 def _unit(name: str) -> str:
     """What a recipe's logged reward measures (loop distillation logs FeedbackReward's)."""
-    return RECIPES[name][1].get("reward", "f_clip_score")
+    extra = RECIPES[name][1]
+    if "relabel_by" in extra:
+        return "relabel"
+    return extra.get("reward", "f_clip_score")
 
 
 def plot(path: Path, table: dict, logs: dict) -> None:
@@ -100,7 +124,14 @@ def plot(path: Path, table: dict, logs: dict) -> None:
     except ImportError:
         print("(matplotlib not installed: no curves)")
         return
-    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    labels = {
+        "f_clip_score": "F-CLIPScore reward (eps units; 0 = nothing flagged)",
+        "clip_score": "CLIPScore",
+        "oracle": "oracle: share of training images right",
+    }
+    if any(_unit(n) == "relabel" for n in logs):
+        labels["relabel"] = "relabel: share of images kept with a caption"
+    fig, ax = plt.subplots(1, 1 + len(labels), figsize=(4.5 * (1 + len(labels)), 4))
     names = list(table)
     y = np.arange(len(names))
     two = [100 * table[n]["two_object"] for n in names]
@@ -116,11 +147,6 @@ def plot(path: Path, table: dict, logs: dict) -> None:
     ax[0].invert_yaxis()
     ax[0].set(xlabel="held-out prompts satisfied (%, oracle)", xlim=(0, 100))
     ax[0].legend(fontsize=7, loc="center right")
-    labels = {
-        "f_clip_score": "F-CLIPScore reward (eps units; 0 = nothing flagged)",
-        "clip_score": "CLIPScore",
-        "oracle": "oracle: share of training images right",
-    }
     for a, unit in zip(ax[1:], labels):
         for name, log in logs.items():
             if _unit(name) == unit:
@@ -144,6 +170,8 @@ def main():
     from recipes.finetune_ddpo import main as ddpo
     from recipes.finetune_loop_distill import DistillConfig
     from recipes.finetune_loop_distill import main as distill
+    from recipes.finetune_relabel import RelabelConfig
+    from recipes.finetune_relabel import main as relabel
     from recipes.finetune_reward_filtered import FilteredConfig
     from recipes.finetune_reward_filtered import main as filtered
 
@@ -191,6 +219,7 @@ def main():
             "filtered": (filtered, FilteredConfig),
             "ddpo": (ddpo, DDPOConfig),
             "distill": (distill, DistillConfig),
+            "relabel": (relabel, RelabelConfig),
         }[kind]
         if kind == "filtered":
             extra = {"keep_fraction": args.keep_fraction, **extra}

@@ -30,6 +30,7 @@ import torch
 from generation.finetune import Collected, RoundsConfig, run_rounds
 from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import CLIP_TIE_BREAK, load_detector, parse_args
+from shapesworld.data import anchor_source
 from shapesworld.pipelines import FINETUNE_SEED, prompt_set
 
 
@@ -97,7 +98,7 @@ def main(cfg: DistillConfig) -> dict:
         seed = FINETUNE_SEED + 1000 * r + rank
         return [p.text for p in prompt_set(cfg.prompts_per_round, seed=seed)]
 
-    return run_rounds(cfg, collect, prompts_for, name="loop-distill")
+    return run_rounds(cfg, collect, prompts_for, name="loop-distill", anchors=anchor_source())
 
 
 if __name__ == "__main__":

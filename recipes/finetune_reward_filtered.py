@@ -29,6 +29,7 @@ import torch
 from generation.finetune import Collected, RoundsConfig, run_rounds, sample_round
 from generation.finetune.ranges import Range
 from recipes.cli import parse_config, run_recipe
+from shapesworld.data import anchor_source
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
 REWARDS = ("f_clip_score", "clip_score", "oracle")
@@ -123,7 +124,7 @@ def main(cfg: FilteredConfig) -> dict:
             p.text for p in prompt_set(cfg.prompts_per_round, seed=FINETUNE_SEED + 1000 * r + rank)
         ]
 
-    return run_rounds(cfg, collect, prompts_for, name="reward-filtered")
+    return run_rounds(cfg, collect, prompts_for, name="reward-filtered", anchors=anchor_source())
 
 
 def parse_args(argv=None, cls=FilteredConfig):

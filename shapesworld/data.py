@@ -68,6 +68,25 @@ def render_batch(
     return to_tensor(images, mean, std), captions
 
 
+def anchor_source(resolution: int = 32, p_two_objects: float = 0.6):
+    """Anchor data for the fine-tuning recipes (`generation.finetune.anchors`): `(n, rng) ->
+    (images (n, 3, R, R) in [0, 1], true captions)`, freshly rendered scenes from the base
+    pipeline's own training distribution (`recipes/train_shapes_t2i.py`'s share of two-object
+    scenes)."""
+
+    def anchors(n: int, rng: np.random.Generator):
+        return render_batch(
+            rng,
+            n,
+            p_two_objects=p_two_objects,
+            resolution=resolution,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+        )
+
+    return anchors
+
+
 def make_batch(
     rng: np.random.Generator,
     batch_size: int,

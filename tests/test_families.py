@@ -359,3 +359,34 @@ def test_cli_generate_loads_any_family_from_a_saved_folder(family, pipes, tmp_pa
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["adapter"]["family"] == family
     assert [r["fix"] for r in row["rounds"]] == ["plain", "reweight"]
+
+
+def test_a_new_strategy_is_one_registered_class(pipes, detector):
+    """Adding a strategy is one module with `@register` (here, a class in this test): it is
+    then a valid LoopConfig.strategy, a CLI choice, and runs through the loop's budget, seeds,
+    scoring, selection and stop rule unchanged."""
+    from generation import STRATEGIES, RoundPlan, Strategy, register
+    from generation.cli import build_parser
+
+    @register
+    class HalveFlagged(Strategy):
+        name = "halve_flagged"  # lower the flagged words' weights instead of raising them
+        requires = ("weights",)
+
+        def next(self, state):
+            w = [
+                x / 2 if v.misaligned else x for x, v in zip(state.last.weights, state.chosen.words)
+            ]
+            return RoundPlan("halve_flagged", weights=w)
+
+    try:
+        p = build_parser()
+        sub = p._subparsers._group_actions[0].choices["generate"]
+        (action,) = [a for a in sub._actions if a.dest == "strategy"]
+        assert "halve_flagged" in action.choices
+        fb = FeedbackPipeline(pipes("sd3"), detector, LoopConfig("halve_flagged", max_images=2))
+        h = fb(PROMPT, output_type="pt", **tp.call_kwargs("sd3")).history[0]
+        assert [r.fix for r in h.rounds] == ["plain", "halve_flagged"]
+        assert min(h.rounds[1].weights) == 0.5
+    finally:
+        STRATEGIES.pop("halve_flagged")

@@ -239,3 +239,69 @@ def test_round_filter_keeps_each_prompts_best_then_the_top_share_above_a_floor()
     assert s.filtered(3, min_reward=0.0) == [1, 3, 6]
     assert s.filtered(3, keep_fraction=0.25, min_reward=0.0) == [1]
     assert s.filtered(3, min_reward=2.0) == []
+
+
+def test_anchor_counts_and_mixing():
+    import numpy as np
+    import torch
+
+    from generation.finetune import Collected
+    from generation.finetune.anchors import anchors_needed, with_anchors
+    from shapesworld.data import anchor_source
+
+    assert anchors_needed(6, 0.0) == 0
+    assert anchors_needed(6, 0.5) == 6 and anchors_needed(3, 0.25) == 1
+    assert anchors_needed(0, 0.5) == 1  # nothing kept: still learn from anchors
+    got = Collected(torch.rand(4, 3, 32, 32), ["a"] * 4, 0.0, 0.0, 8)
+    mixed, k = with_anchors(got, anchor_source(), 0.5, np.random.default_rng(0))
+    assert k == 4 and mixed.images.shape == (8, 3, 32, 32) and mixed.prompts[:4] == ["a"] * 4
+    assert all(p != "a" for p in mixed.prompts[4:])  # true captions of rendered scenes
+    assert 0 <= float(mixed.images.min()) and float(mixed.images.max()) <= 1
+
+
+def test_anchor_folders_are_checked_in_one_line(tmp_path):
+    from PIL import Image
+
+    from generation.finetune.anchors import folder_anchors
+
+    with pytest.raises(ValueError, match="no such folder"):
+        folder_anchors(tmp_path / "nope", (32, 32))
+    with pytest.raises(ValueError, match="no images"):
+        folder_anchors(tmp_path, (32, 32))
+    Image.new("RGB", (40, 20), "red").save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="a.png has no caption file a.txt"):
+        folder_anchors(tmp_path, (32, 32))
+    (tmp_path / "a.txt").write_text("  ")
+    with pytest.raises(ValueError, match="a.txt is empty"):
+        folder_anchors(tmp_path, (32, 32))
+    (tmp_path / "a.txt").write_text("a red square\n")
+    (tmp_path / "b.png").write_text("not an image")
+    (tmp_path / "b.txt").write_text("x")
+    with pytest.raises(ValueError, match="b.png is not an image"):
+        folder_anchors(tmp_path, (32, 32))
+    (tmp_path / "b.png").unlink()
+    import numpy as np
+
+    imgs, caps = folder_anchors(tmp_path, (32, 32))(3, np.random.default_rng(0))
+    assert imgs.shape == (3, 3, 32, 32) and caps == ["a red square"] * 3
+
+
+@pytest.mark.slow
+def test_a_recipe_mixes_anchors_at_the_stated_share(tmp_path):
+    out = tmp_path / "run"
+    (summary,) = _run(
+        [sys.executable, str(FILTERED), "--output-dir", str(out), "--rounds", "1"]
+        + TINY
+        + ["--anchor-fraction", "0.5", "--keep-fraction", "1"]
+    )
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["anchors"] == max(log[0]["kept"], 1) and log[0]["anchor_share"] >= 0.5
+    bad = subprocess.run(
+        [sys.executable, str(FILTERED), "--output-dir", str(out), "--anchor-dir", "/nope"]
+        + ["--anchor-fraction", "0.5", "--rounds", "1"]
+        + TINY,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "--anchor-dir: no such folder: /nope" in bad.stderr

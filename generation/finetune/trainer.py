@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .anchors import AnchorSource, folder_anchors, with_anchors
 from .lora import add_unet_lora, lora_digest, save_lora
 from .ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, Range, check_ranges
 from .rounds import denoising_loss, encode_images, training_scheduler
@@ -54,6 +55,13 @@ class RoundsConfig:
     unconditional prediction that classifier-free guidance subtracts is trained on the same
     images (as in the base model's training); 0 trains the conditional prediction only.
     Denoising objectives only (DDPO's policy objective ignores it)."""
+    anchor_fraction: float = 0.0
+    """Share of each round's denoising examples drawn from anchor data (real image-caption
+    pairs: on ShapesWorld rendered scenes with their exact captions), so self-generated
+    samples never make up the whole signal; 0 = none. Denoising objectives only."""
+    anchor_dir: str = ""
+    """A folder of anchor images, each with a same-stem .txt caption; empty = the recipe's
+    own anchors (ShapesWorld renders)."""
 
     RANGES: ClassVar[dict] = {
         "rounds": COUNT,
@@ -69,6 +77,7 @@ class RoundsConfig:
         "seed": NONNEG_INT,
         "threads": COUNT,
         "caption_dropout": Range(0, 1, hi_open=True),
+        "anchor_fraction": Range(0, 1, hi_open=True),
     }
 
     def __post_init__(self):
@@ -150,6 +159,7 @@ def run_rounds(
     prompts_for: Callable[[int, int], list[str]],
     name: str = "finetune",
     objective: Callable = denoising_objective,
+    anchors: AnchorSource | None = None,
 ) -> dict:
     """Run `cfg.rounds` rounds (from the checkpoint with `cfg.resume`).
 
@@ -159,6 +169,8 @@ def run_rounds(
     objective(pipe, collected, generator, cfg) -> (n_items, loss_fn(unet, idx)): what the
         optimizer steps minimize on random minibatches of the round's items (default:
         denoising).
+    anchors(n, rng) -> (images, captions): the recipe's anchor data (`generation.finetune.
+        anchors`), mixed in at `cfg.anchor_fraction` (`cfg.anchor_dir` overrides it).
     Returns the last round's log record with the run's `lora_digest`.
     """
     from accelerate import Accelerator
@@ -175,6 +187,13 @@ def run_rounds(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     pipe = load_pipeline(cfg.pipeline, device=str(accelerator.device))
+    if cfg.anchor_dir:
+        anchors = folder_anchors(cfg.anchor_dir, _image_size(pipe))
+    if cfg.anchor_fraction > 0 and anchors is None:
+        raise ValueError(
+            "--anchor-fraction > 0 needs anchor data: pass --anchor-dir (images with .txt "
+            "captions) or use a recipe that provides its own"
+        )
     params = add_unet_lora(pipe.unet, rank=cfg.rank, seed=cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     # Training forwards go through the prepared module (DDP averages gradients there); the
@@ -207,6 +226,9 @@ def run_rounds(
         rng = np.random.default_rng([cfg.seed, r, rank])
         losses = []
         kept = len(got.prompts)
+        n_anchor = 0
+        if cfg.anchor_fraction > 0 and objective is denoising_objective:
+            got, n_anchor = with_anchors(got, anchors, cfg.anchor_fraction, rng)
         n_items, loss_fn = objective(pipe, got, gen, cfg)
         pipe.unet.train()
         for _ in range(cfg.steps_per_round * cfg.gradient_accumulation_steps):
@@ -222,6 +244,8 @@ def run_rounds(
             "reward_all": got.reward_all,
             "reward_kept": got.reward_kept,
             "kept": kept,
+            "anchors": n_anchor,
+            "anchor_share": round(n_anchor / max(kept + n_anchor, 1), 4),
             "generated": got.generated,
             "loss": float(np.mean(losses)) if losses else None,
             "seconds": round(time.perf_counter() - t0, 2),
