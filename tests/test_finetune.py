@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FILTERED = ROOT / "recipes" / "finetune_reward_filtered.py"
 DISTILL = ROOT / "recipes" / "finetune_loop_distill.py"
 DDPO = ROOT / "recipes" / "finetune_ddpo.py"
-RECIPES = {"reward-filtered": FILTERED, "loop-distill": DISTILL, "ddpo": DDPO}
+RELABEL = ROOT / "recipes" / "finetune_relabel.py"
+RECIPES = {"reward-filtered": FILTERED, "loop-distill": DISTILL, "ddpo": DDPO, "relabel": RELABEL}
 TINY = ["--prompts-per-round", "2", "--images-per-prompt", "2", "--steps-per-round", "2"]
 TINY += ["--batch-size", "2", "--sample-steps", "2", "--threads", "1"]
 
@@ -89,7 +90,9 @@ def test_recipe_two_ranks_stay_identical(recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_reward_filtered_resumes_after_sigkill_to_the_same_lora(tmp_path):
+@pytest.mark.parametrize("script", [FILTERED, RELABEL], ids=["reward-filtered", "relabel"])
+def test_a_recipe_resumes_after_sigkill_to_the_same_lora(tmp_path, script):
+    FILTERED = script  # noqa: N806 - the same test body for each recipe
     rounds = ["--rounds", "6"]
     straight = tmp_path / "straight"
     _run(_accelerate(FILTERED, "--output-dir", str(straight), *rounds, *TINY))
@@ -305,3 +308,45 @@ def test_a_recipe_mixes_anchors_at_the_stated_share(tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "--anchor-dir: no such folder: /nope" in bad.stderr
+
+
+def test_relabel_candidates_replace_only_the_given_words_and_swap_pairs():
+    from feedback import split_words
+    from generation.finetune.relabel import candidates
+    from recipes.finetune_relabel import CLASSES
+
+    prompt = "a small red circle to the left of a blue square"
+    words = {w.text: w for w in split_words(prompt)}
+    one = candidates(prompt, [words["red"]], CLASSES)
+    assert "a small green circle to the left of a blue square" in one
+    assert all(c.split()[3:] == prompt.split()[3:] for c in one)  # only "red" changes
+    two = candidates(prompt, [words["red"], words["blue"], words["left"]], CLASSES)
+    assert "a small blue circle to the left of a red square" in two  # the attribute swap
+    assert "a small red circle to the right of a blue square" in two
+    assert prompt not in two and len(two) == len(set(two))
+    assert candidates(prompt, [words["of"]], CLASSES) == []  # no kind: nothing to try
+
+
+def test_relabel_keeps_aligned_prompts_and_its_twin_takes_the_best_clipscore(tiny_open_clip_dir):
+    import torch
+
+    from feedback import MisalignmentDetector
+    from generation.finetune.relabel import candidates, relabel
+    from recipes.finetune_relabel import CLASSES
+
+    x = torch.rand(2, 3, 32, 32)
+    prompts = ["a red circle", "a blue square left of a red cross"]
+    lax = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e9)
+    assert relabel(lax, x, prompts, CLASSES) == prompts  # nothing flagged: kept as is
+    strict = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
+    out = relabel(strict, x, prompts, CLASSES)  # always a word flagged: a replacement or None
+    assert all(c is None or c != p for c, p in zip(out, prompts))
+    twin = relabel(lax, x, prompts, CLASSES, by="clip_score")
+    from feedback import split_words
+
+    for k, p in enumerate(prompts):
+        cands = [p, *candidates(p, split_words(p), CLASSES)]
+        cos = lax.cosine(x[k : k + 1], cands)[0]
+        assert twin[k] == cands[int(cos.argmax())]
+    with pytest.raises(ValueError, match="relabel by"):
+        relabel(lax, x, prompts, CLASSES, by="oracle")
