@@ -61,6 +61,14 @@ def _add_loop_args(p) -> None:
         "complex_human_instruction=null); repeatable",
     )
     p.add_argument(
+        "--lora",
+        default=None,
+        metavar="NAME|PATH",
+        help="load a LoRA into the pipeline first (stock load_lora_weights): a shipped one's "
+        "short name (shapesworld/weights/<pipeline>-lora-NAME) or a folder holding "
+        "pytorch_lora_weights.safetensors",
+    )
+    p.add_argument(
         "--verifier",
         default="auto",
         metavar="CARD|auto|none",
@@ -250,6 +258,27 @@ def load_pipeline(name: str, device: str):
     return pipe.to(device)
 
 
+def with_lora(pipe, lora: str | None, pipeline: str):
+    """`pipe` with the LoRA `lora` (a shipped short name or a folder) loaded, or unchanged."""
+    if not lora:
+        return pipe
+    from shapesworld.pipelines import lora_path, shipped_loras
+
+    folder = lora_path(lora, pipeline) if pipeline == SHIPPED_PIPELINE else None
+    folder = folder or Path(lora).expanduser()
+    if not (folder / "pytorch_lora_weights.safetensors").is_file():
+        names = ", ".join(shipped_loras()) or "none shipped"
+        raise ModelLoadError(
+            f"--lora {lora}: neither a shipped LoRA ({names}) nor a folder holding "
+            "pytorch_lora_weights.safetensors"
+        )
+    try:
+        pipe.load_lora_weights(str(folder))
+    except Exception as e:  # diffusers/peft raise many kinds; one line naming the LoRA
+        raise ModelLoadError(f"--lora {lora}: could not load it: {str(e)[:200]}") from None
+    return pipe
+
+
 def loop_detector_args(args):
     """The loop commands' detector settings: with the shipped pipeline and no --threshold,
     the pipeline card's eps for this detector, calibrated on *generated* images (the same
@@ -287,7 +316,7 @@ def _cmd_demo(args) -> int:
     out = check_out_dir(args.out)
     prompts = check_prompts(args.prompts or [p.text for p in prompt_set(6)], "--prompts")
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.pipeline, args.device)
+    pipe = with_lora(load_pipeline(args.pipeline, args.device), args.lora, args.pipeline)
     fb = _fb(args, pipe)
     shapes = args.pipeline == SHIPPED_PIPELINE
     history = []
@@ -435,7 +464,7 @@ def _cmd_generate(args) -> int:
     done = _done(out)
     todo = [i for i in mine if i not in done]
     device = str(state.device) if args.device != "cpu" else "cpu"
-    pipe = load_pipeline(args.pipeline, device)
+    pipe = with_lora(load_pipeline(args.pipeline, device), args.lora, args.pipeline)
     fb = _fb(args, pipe)
     call_kwargs(args)  # a bad --pipeline-arg fails here, before any image
     adapter = fb.adapter.info(call_kwargs(args)).to_dict()

@@ -128,6 +128,23 @@ def word_kind_accuracy(judgements) -> dict[str, float]:
     return {k: right[k] / total[k] for k in sorted(total)}
 
 
+def lora_path(name: str, pipeline: str = PIPELINE_NAME) -> Path | None:
+    """A shipped LoRA folder by short name (`<pipeline>-lora-<name>` under weights/), or None."""
+    path = Path(__file__).parent / "weights" / f"{pipeline}-lora-{name}"
+    return path if (path / "pytorch_lora_weights.safetensors").is_file() else None
+
+
+def shipped_loras(pipeline: str = PIPELINE_NAME) -> list[str]:
+    """Short names of the LoRAs shipped for `pipeline`."""
+    prefix = f"{pipeline}-lora-"
+    root = Path(__file__).parent / "weights"
+    return sorted(
+        p.name[len(prefix) :]
+        for p in root.glob(prefix + "*")
+        if lora_path(p.name[len(prefix) :], pipeline)
+    )
+
+
 def loop_verifier_path(name: str = PIPELINE_NAME) -> Path | None:
     """The pipeline's verifier card (`feedback.Verifier`: fitted on its labelled generated
     images for `LOOP_DETECTOR` at the loop eps), or None when it ships none."""

@@ -381,3 +381,31 @@ def test_the_screenshots_show_the_demos_current_defaults():
     assert all(
         (docs / n).is_file() for n in ("demo-report.png", "app-check.png", "app-generate.png")
     )
+
+
+def test_demo_loads_a_lora_by_path_and_names_a_bad_one(tmp_path, capsys):
+    """`clip4dm demo --lora PATH`: a LoRA saved by our trainer loads with stock diffusers and
+    changes the images; an unknown name is one line listing what is shipped."""
+    import torch
+
+    from generation.finetune.lora import add_unet_lora, save_lora
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    params = add_unet_lora(pipe.unet, rank=4, seed=0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    save_lora(pipe.unet, tmp_path / "lora")
+    args = ["demo", "--prompts", "a small red circle", "--budget", "1", "--steps", "4"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--lora", str(tmp_path / "lora")]) == 0
+    a = json.loads((tmp_path / "a" / "results.jsonl").read_text())
+    b = json.loads((tmp_path / "b" / "results.jsonl").read_text())
+    ca = a["rounds"][0]["reports"][0]["clip_score"]
+    cb = b["rounds"][0]["reports"][0]["clip_score"]
+    assert ca != cb  # the LoRA changed the image
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "c"), "--lora", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora nope: neither a shipped LoRA" in err and err.count("\n") == 1
