@@ -78,6 +78,20 @@ def _add_loop_args(p) -> None:
         "selection, stop when nothing is flagged",
     )
     add_detector_args(p, LOOP_DETECTOR)
+    _loop_threshold_help(p)
+
+
+def _loop_threshold_help(p) -> None:
+    """The loop commands' --threshold default is the pipeline card's, not the detector's."""
+    from shapesworld.pipelines import loop_threshold
+
+    for a in p._actions:
+        if a.dest == "threshold":
+            a.help = (
+                "threshold mode flags words scoring below EPS; must be <= 0 (default with the "
+                f"shipped pipeline: its card's eps for the detector on generated images, "
+                f"{LOOP_DETECTOR}: {loop_threshold():.6g}; else the detector card's)"
+            )
 
 
 def loop_verifier(args):
