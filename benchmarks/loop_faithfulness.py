@@ -195,7 +195,7 @@ def main():
         return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
 
     loops = {
-        "resample until aligned": (det, loop_cfg("resample")),
+        "resample until nothing flagged": (det, loop_cfg("resample")),
         "reweight": (det, loop_cfg("reweight")),
         "phrase guidance": (det, loop_cfg("phrase_guidance")),
         "2 samples + reweight": (det, loop_cfg("reweight", samples_per_round=2)),
