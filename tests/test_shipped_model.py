@@ -131,3 +131,34 @@ def test_generate_and_judge_seeds_each_prompt_whatever_the_batching():
         assert ja.all_correct == jb.all_correct
     other = generate_and_judge(pipe, prompts[:1], seed=8, steps=2)
     assert not torch.equal(other[0][0], one[0][0])
+
+
+def test_every_shipped_lora_loads_with_stock_diffusers_and_has_a_card():
+    """Each folder under shapesworld/weights whose name contains "lora": stock
+    `load_lora_weights` reads it, it changes the pipeline's output, and its card states the
+    recipe, the command, the compute and the held-out figures."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from shapesworld.pipelines import load_pipeline, lora_path, shipped_loras
+
+    root = Path(__file__).resolve().parents[1] / "shapesworld" / "weights"
+    folders = sorted(p for p in root.iterdir() if "lora" in p.name)
+    assert folders and [f"shapes-sd-tiny-lora-{n}" for n in shipped_loras()] == [
+        p.name for p in folders
+    ]
+    gen = dict(num_inference_steps=4, output_type="pt")
+    base = load_pipeline()(
+        ["a small red circle"], generator=torch.Generator().manual_seed(0), **gen
+    )
+    for folder in folders:
+        card = json.loads((folder / "card.json").read_text())
+        assert {"recipe", "command", "compute", "held_out"} <= set(card)
+        assert (folder / "README.md").is_file()
+        pipe = load_pipeline()
+        pipe.load_lora_weights(str(folder))
+        out = pipe(["a small red circle"], generator=torch.Generator().manual_seed(0), **gen)
+        assert not torch.equal(out.images, base.images), folder.name
+        assert lora_path(folder.name.split("-lora-")[1]) == folder
