@@ -67,6 +67,10 @@ RECIPES = {
     "relabel, detector (word level), anchors": ("relabel", {"relabel_by": "detector"}),
     "relabel, CLIPScore (twin), anchors": ("relabel", {"relabel_by": "clip_score"}),
     "relabel, oracle (ceiling), anchors": ("relabel", {"relabel_by": "oracle"}),
+    # KL-anchored online recipe (recipes/finetune_grpo.py)
+    "GRPO (KL 0.1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.1}),
+    "GRPO (KL 0.1), CLIPScore (twin)": ("grpo", {"reward": "clip_score", "kl": 0.1}),
+    "GRPO (KL 0.1), oracle (ceiling)": ("grpo", {"reward": "oracle", "kl": 0.1}),
 }
 #: Each CLIP4DM recipe's scalar CLIPScore twin at equal compute (the token-level recipe's is
 #: best-of-N by CLIPScore, the same number of plain samples per prompt).
@@ -80,6 +84,8 @@ TWINS = {
     "reward-filtered, F-CLIPScore, anchors": "reward-filtered, CLIPScore (twin), anchors",
     "relabel, detector (word level), anchors": "relabel, CLIPScore (twin), anchors",
     "relabel, oracle (ceiling), anchors": "relabel, CLIPScore (twin), anchors",
+    "GRPO (KL 0.1), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
+    "GRPO (KL 0.1), oracle (ceiling)": "GRPO (KL 0.1), CLIPScore (twin)",
 }
 
 
@@ -168,6 +174,8 @@ def main():
 
     from recipes.finetune_ddpo import DDPOConfig
     from recipes.finetune_ddpo import main as ddpo
+    from recipes.finetune_grpo import GRPOConfig
+    from recipes.finetune_grpo import main as grpo
     from recipes.finetune_loop_distill import DistillConfig
     from recipes.finetune_loop_distill import main as distill
     from recipes.finetune_relabel import RelabelConfig
@@ -220,6 +228,7 @@ def main():
             "ddpo": (ddpo, DDPOConfig),
             "distill": (distill, DistillConfig),
             "relabel": (relabel, RelabelConfig),
+            "grpo": (grpo, GRPOConfig),
         }[kind]
         if kind == "filtered":
             extra = {"keep_fraction": args.keep_fraction, **extra}

@@ -22,13 +22,9 @@ from typing import ClassVar
 import torch
 
 from generation.finetune import Collected, RoundsConfig, run_rounds
+from generation.finetune.policy import group_advantages, policy_objective
 from generation.finetune.ranges import POSITIVE
-from generation.finetune.sampler import (
-    ddim_scheduler,
-    ddim_step_logprob,
-    guided_eps,
-    sample_with_logprob,
-)
+from generation.finetune.sampler import sample_with_logprob
 from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import REWARDS, make_reward, parse_args
 from shapesworld.pipelines import FINETUNE_SEED, prompt_set
@@ -50,7 +46,7 @@ class DDPOConfig(RoundsConfig):
     RANGES: ClassVar[dict] = {"eta": POSITIVE, "clip_range": POSITIVE}
 
 
-def main(cfg: DDPOConfig) -> dict:
+def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
     if cfg.reward not in REWARDS:
         raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
     if cfg.eta <= 0:
@@ -70,38 +66,19 @@ def main(cfg: DDPOConfig) -> dict:
         )
         rewards = state["reward"](tr.images, texts).float().cpu()
         # Per-prompt advantage normalization: each image against its prompt's other images.
-        g = rewards.view(-1, cfg.images_per_prompt)
-        adv = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).flatten()
+        adv = group_advantages(rewards, cfg.images_per_prompt)
         return Collected(
             tr.images, texts, float(rewards.mean()), float(rewards.mean()), len(texts), (tr, adv)
         )
 
     def objective(pipe, got: Collected, gen: torch.Generator, cfg: DDPOConfig):
-        tr, adv = got.payload
-        sched = ddim_scheduler(pipe, cfg.sample_steps)
-        n = len(adv)
-        neg, pos = tr.embeds[:n], tr.embeds[n:]
-
-        def loss_fn(unet, idx):
-            j = int(torch.randint(0, len(tr.timesteps), (1,), generator=gen))
-            t = tr.timesteps[j]
-            emb = torch.cat([neg[idx], pos[idx]])
-            eps = guided_eps(unet, tr.latents[j, idx], t, emb, cfg.guidance)
-            _, logp = ddim_step_logprob(
-                sched, eps, t, tr.latents[j, idx], cfg.eta, prev_sample=tr.latents[j + 1, idx]
-            )
-            ratio = torch.exp(logp - tr.log_probs[j, idx])
-            a = adv[idx].to(ratio)
-            clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-            return torch.maximum(-a * ratio, -a * clipped).mean()
-
-        return n, loss_fn
+        return policy_objective(pipe, got, gen, cfg, kl=getattr(cfg, "kl", 0.0))
 
     def prompts_for(r: int, rank: int) -> list[str]:
         seed = FINETUNE_SEED + 1000 * r + rank
         return [p.text for p in prompt_set(cfg.prompts_per_round, seed=seed)]
 
-    return run_rounds(cfg, collect, prompts_for, name="ddpo", objective=objective)
+    return run_rounds(cfg, collect, prompts_for, name=name, objective=objective)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from recipes.cli import parse_config, run_recipe
 from shapesworld.data import anchor_source
 from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
 
-REWARDS = ("f_clip_score", "clip_score", "oracle")
+REWARDS = ("f_clip_score", "clip_score", "oracle", "oracle_dense")
 
 
 @dataclass
@@ -88,6 +88,12 @@ def make_reward(detector: str, which: str, device):
         if which == "oracle":
             ok = [judge_tensor(im, p).all_correct for im, p in zip(images, prompts)]
             return torch.tensor(ok, dtype=clip.dtype, device=clip.device) + CLIP_TIE_BREAK * clip
+        if which == "oracle_dense":  # the share of the prompt's judged words the image gets right
+            share = []
+            for im, p in zip(images, prompts):
+                v = [w.correct for w in judge_tensor(im, p).words if w.correct is not None]
+                share.append(sum(v) / len(v) if v else 0.0)
+            return torch.tensor(share, dtype=clip.dtype, device=clip.device) + CLIP_TIE_BREAK * clip
         return clip
 
     return reward

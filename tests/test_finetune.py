@@ -20,7 +20,14 @@ FILTERED = ROOT / "recipes" / "finetune_reward_filtered.py"
 DISTILL = ROOT / "recipes" / "finetune_loop_distill.py"
 DDPO = ROOT / "recipes" / "finetune_ddpo.py"
 RELABEL = ROOT / "recipes" / "finetune_relabel.py"
-RECIPES = {"reward-filtered": FILTERED, "loop-distill": DISTILL, "ddpo": DDPO, "relabel": RELABEL}
+GRPO = ROOT / "recipes" / "finetune_grpo.py"
+RECIPES = {
+    "reward-filtered": FILTERED,
+    "loop-distill": DISTILL,
+    "ddpo": DDPO,
+    "relabel": RELABEL,
+    "grpo": GRPO,
+}
 TINY = ["--prompts-per-round", "2", "--images-per-prompt", "2", "--steps-per-round", "2"]
 TINY += ["--batch-size", "2", "--sample-steps", "2", "--threads", "1"]
 
@@ -90,7 +97,9 @@ def test_recipe_two_ranks_stay_identical(recipe, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", [FILTERED, RELABEL], ids=["reward-filtered", "relabel"])
+@pytest.mark.parametrize(
+    "script", [FILTERED, RELABEL, GRPO], ids=["reward-filtered", "relabel", "grpo"]
+)
 def test_a_recipe_resumes_after_sigkill_to_the_same_lora(tmp_path, script):
     FILTERED = script  # noqa: N806 - the same test body for each recipe
     rounds = ["--rounds", "6"]
@@ -350,3 +359,32 @@ def test_relabel_keeps_aligned_prompts_and_its_twin_takes_the_best_clipscore(tin
         assert twin[k] == cands[int(cos.argmax())]
     with pytest.raises(ValueError, match="relabel by"):
         relabel(lax, x, prompts, CLASSES, by="oracle")
+
+
+def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_lora():
+    """The KL anchor compares the current policy's step with the base's (LoRA off) on the same
+    latent: exactly 0 while the LoRA is the identity, > 0 once it moves."""
+    import torch
+
+    from generation.finetune import Collected
+    from generation.finetune.lora import add_unet_lora
+    from generation.finetune.policy import group_advantages, policy_objective
+    from generation.finetune.sampler import sample_with_logprob
+    from recipes.finetune_grpo import GRPOConfig
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    params = add_unet_lora(pipe.unet, rank=4, seed=0)
+    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2)
+    tr = sample_with_logprob(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=3)
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    assert adv.tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
+    got = Collected(tr.images, ["a red circle"] * 2, 0.5, 0.5, 2, (tr, adv))
+    n, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg, kl=0.1)
+    loss_fn(pipe.unet, torch.arange(2))
+    assert loss_fn.kl == [0.0]
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    loss_fn(pipe.unet, torch.arange(2))
+    assert loss_fn.kl[-1] > 0

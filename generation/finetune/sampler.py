@@ -14,6 +14,25 @@ from dataclasses import dataclass
 import torch
 
 
+def ddim_step_mean(scheduler, eps: torch.Tensor, t: int, x_t: torch.Tensor, eta: float):
+    """The Gaussian of one DDIM step x_t -> x_{t-1}: (mean, std), std = eta * sqrt(DDIM
+    variance) (a scalar tensor)."""
+    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev_t = int(t) - step
+    a_t = scheduler.alphas_cumprod[int(t)].to(x_t)
+    a_prev = (
+        scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
+    ).to(x_t)
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if scheduler.config.clip_sample:  # as DDIMScheduler.step does (latent pipelines turn it off)
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * var.clamp_min(0).sqrt()
+    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp_min(0).sqrt() * eps
+    return mean, std
+
+
 def ddim_step_logprob(
     scheduler,
     eps: torch.Tensor,
@@ -30,19 +49,7 @@ def ddim_step_logprob(
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    prev_t = int(t) - step
-    a_t = scheduler.alphas_cumprod[int(t)].to(x_t)
-    a_prev = (
-        scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
-    ).to(x_t)
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    if scheduler.config.clip_sample:  # as DDIMScheduler.step does (latent pipelines turn it off)
-        r = scheduler.config.clip_sample_range
-        x0 = x0.clamp(-r, r)
-    var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    std = eta * var.clamp_min(0).sqrt()
-    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp_min(0).sqrt() * eps
+    mean, std = ddim_step_mean(scheduler, eps, t, x_t, eta)
     if prev_sample is None:
         noise = randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         prev_sample = mean + std * noise
@@ -50,6 +57,16 @@ def ddim_step_logprob(
     logp = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - std.log()
     logp = logp - 0.5 * math.log(2 * math.pi)
     return prev_sample, logp.mean(dim=tuple(range(1, logp.ndim)))
+
+
+def step_kl(
+    mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, floor: float = 1e-2
+) -> torch.Tensor:
+    """KL(N(mean_p, s^2) || N(mean_q, s^2)) of one step, averaged over elements: (B,), with
+    s = max(std, floor): DDIM's last step is (nearly) deterministic, where the exact KL of two
+    near-deterministic steps would explode for any difference of their means."""
+    d = (mean_p - mean_q) ** 2 / (2 * std.clamp_min(floor) ** 2)
+    return d.mean(dim=tuple(range(1, d.ndim)))
 
 
 def ddim_scheduler(pipe, num_inference_steps: int):

@@ -248,6 +248,7 @@ def run_rounds(
             "anchor_share": round(n_anchor / max(kept + n_anchor, 1), 4),
             "generated": got.generated,
             "loss": float(np.mean(losses)) if losses else None,
+            **({"kl": float(np.mean(loss_fn.kl))} if getattr(loss_fn, "kl", None) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         if main:  # the log line first: a kill before the checkpoint only repeats the round

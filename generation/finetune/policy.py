@@ -1,0 +1,54 @@
+"""The policy-gradient objective the online recipes share (DDPO, and GRPO with a KL anchor):
+PPO's clipped ratio on one recorded denoising step of a minibatch, plus `kl` times the KL of
+the current policy's step to the frozen base policy's on the same latent (the LoRA adapters
+switched off), so the model is held near the base while it climbs the reward."""
+
+from __future__ import annotations
+
+import torch
+
+from .sampler import ddim_scheduler, ddim_step_logprob, ddim_step_mean, guided_eps, step_kl
+
+
+def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """Each reward against its prompt's group of `group` images: (r - mean) / (std + 1e-6)."""
+    g = rewards.view(-1, group)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).flatten()
+
+
+def policy_objective(pipe, got, gen: torch.Generator, cfg, *, kl: float = 0.0):
+    """(number of items, loss_fn(unet, idx)) for `run_rounds`; `got.payload` is
+    (Trajectories, advantages). `loss_fn` records the minibatch's mean KL in `loss_fn.kl`."""
+    tr, adv = got.payload
+    sched = ddim_scheduler(pipe, cfg.sample_steps)
+    n = len(adv)
+    neg, pos = tr.embeds[:n], tr.embeds[n:]
+
+    def loss_fn(unet, idx):
+        j = int(torch.randint(0, len(tr.timesteps), (1,), generator=gen))
+        t = tr.timesteps[j]
+        emb = torch.cat([neg[idx], pos[idx]])
+        x = tr.latents[j, idx]
+        eps = guided_eps(unet, x, t, emb, cfg.guidance)
+        _, logp = ddim_step_logprob(sched, eps, t, x, cfg.eta, prev_sample=tr.latents[j + 1, idx])
+        ratio = torch.exp(logp - tr.log_probs[j, idx])
+        a = adv[idx].to(ratio)
+        clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+        loss = torch.maximum(-a * ratio, -a * clipped).mean()
+        if kl > 0:
+            base = getattr(unet, "module", unet)  # the DDP-wrapped UNet's own module
+            with torch.no_grad():
+                base.disable_adapters()
+                try:
+                    eps_ref = guided_eps(base, x, t, emb, cfg.guidance)
+                finally:
+                    base.enable_adapters()
+            mean, std = ddim_step_mean(sched, eps, t, x, cfg.eta)
+            mean_ref, _ = ddim_step_mean(sched, eps_ref, t, x, cfg.eta)
+            d = step_kl(mean, mean_ref, std).mean()
+            loss_fn.kl.append(float(d))
+            loss = loss + kl * d
+        return loss
+
+    loss_fn.kl = []
+    return n, loss_fn
