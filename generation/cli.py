@@ -400,9 +400,15 @@ def check_out_dir(path: str) -> Path:
 
 def check_prompts(prompts: list[str], where: str) -> list[str]:
     """Every prompt non-empty, before any model loads."""
+    from .prompt_syntax import parse_prompt
+
     for i, p in enumerate(prompts):
         if not p.strip():
             raise InputError(f"{where}: prompt {i + 1} is empty; give each image a caption")
+        if not parse_prompt(p).text.strip():
+            raise InputError(
+                f"{where}: prompt {i + 1} ({p!r}) is empty once its weight syntax is removed"
+            )
     return list(prompts)
 
 
@@ -433,6 +439,16 @@ def read_prompts(path: str) -> dict[int, str]:
         warnings.warn(
             f"{p}: line{'s' if len(bad) > 1 else ''} {_lines(bad)} not UTF-8 text; skipped "
             "(save the file as UTF-8 to generate them)",
+            stacklevel=2,
+        )
+    from .prompt_syntax import parse_prompt
+
+    syntax_only = [n + 1 for n, t in prompts.items() if not parse_prompt(t).text.strip()]
+    for n in syntax_only:
+        del prompts[n - 1]
+    if syntax_only:
+        warnings.warn(
+            f"{p}: skipped line(s) {_lines(syntax_only)}: empty once the weight syntax is removed",
             stacklevel=2,
         )
     if empty and prompts:

@@ -179,6 +179,7 @@ def test_generate_names_undecodable_and_empty_lines_and_runs_the_rest(tmp_path, 
         + "caf\u00e9 rouge".encode("latin-1")
         + b"\n"
         + texts[1].encode()
+        + b"\n(( ))\n"  # only weight syntax: nothing to generate
     )
     out = tmp_path / "gen"
     args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
@@ -186,6 +187,7 @@ def test_generate_names_undecodable_and_empty_lines_and_runs_the_rest(tmp_path, 
     cap = capsys.readouterr()
     assert "line 3 not UTF-8 text; skipped" in cap.err
     assert "skipped 1 empty line(s) (2)" in cap.err
+    assert "skipped line(s) 5: empty once the weight syntax is removed" in cap.err
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["prompts"] == 2 and summary["written"] == 2
     # one process: results.jsonl, as demo writes; results keyed by line
@@ -409,3 +411,9 @@ def test_demo_loads_a_lora_by_path_and_names_a_bad_one(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "c"), "--lora", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--lora nope: neither a shipped LoRA" in err and err.count("\n") == 1
+
+
+def test_demo_refuses_a_syntax_only_prompt_before_loading(tmp_path, capsys, monkeypatch):
+    _no_model_loads(monkeypatch)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--prompts", "(( ))"]) == 2
+    assert "is empty once its weight syntax is removed" in capsys.readouterr().err
