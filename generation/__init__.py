@@ -1,10 +1,12 @@
 """clip4dm generation: CLIP4DM feedback in the loop of a diffusers pipeline.
 
-Entry point: `FeedbackPipeline(pipe, detector, LoopConfig(...))`, then call it like the
-pipeline. Pipeline families through `generation.adapters` (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1,
-PixArt-Σ, Sana, generic); strategies through `generation.strategies` (best-of-N by
-F-CLIPScore, resampling, re-weighting of misaligned words, per-phrase guidance, automatic
-Attend-and-Excite).
+Entry point: `FeedbackPipeline(pipe, detector, LoopConfig(...), verifier=card)`, then call it
+like the pipeline. Pipeline families through `generation.adapters` (SD 1.x/2.x, SDXL,
+SD3/3.5, FLUX.1, PixArt-Σ, Sana, generic); strategies through `generation.strategies`
+(best-of-N, resampling, re-weighting of misaligned words, per-phrase guidance, automatic
+Attend-and-Excite); selection and the stop rule through `generation.verifier` (a
+`feedback.Verifier` card fitted on the generator's labelled images); the user's own weight
+syntax through `generation.parse_prompt`; the command line in `generation.cli`.
 """
 
 from .adapters import ADAPTERS, PipelineAdapter, TextSlot, adapter_for
