@@ -351,6 +351,9 @@ class FeedbackPipeline:
             for rec_, p in zip(state.rounds, probs):
                 rec_.p_right = p
             p_best = probs[state.best[0]][state.best[1]] if self.verifier else None
+            if strat.single_round:
+                stopped = "max_images"  # the whole budget in one round: nothing stopped early
+                break
             if cfg.stop_when_aligned and satisfied(state.chosen, p_best, self.verifier):
                 # what the detector (or the verifier) knows, not a verdict
                 stopped = "verified" if self.verifier else "nothing_flagged"

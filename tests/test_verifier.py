@@ -186,3 +186,10 @@ def test_calibrate_fits_and_writes_a_card(tmp_path, tiny_open_clip_dir, capsys):
     ver = Verifier.load(card)
     assert ver.threshold == -0.001 and ver.stats["n_prompts"] == 12 and ver.stats["n_images"] == 48
     assert main(argv + ["--verifier", str(card), "--false-accept", "2"]) == 2
+
+
+def test_best_of_n_reports_its_budget_spent_not_an_early_stop(sd, tiny_open_clip_dir):
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=EPS)
+    fb = FeedbackPipeline(sd, det, LoopConfig("best_of_n", max_images=3), verifier=_card(det, 0.0))
+    h = fb("a red circle", **tp.call_kwargs("sd")).history[0]
+    assert h.num_images == 3 and h.stopped == "max_images"
