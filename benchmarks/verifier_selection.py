@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from feedback import MisalignmentDetector, Verifier
 from feedback.detector import reports_from_output
 from feedback.report import MisalignmentReport, WordScore
+from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
     judge_tensor,
@@ -88,7 +89,6 @@ def pick_rows(reps, right, ver: Verifier, n: int, used: dict) -> dict[str, bool]
     each early-stopping rule made, appended per prompt)."""
     reps, right = reps[:n], right[:n]
     clip = [r.clip_score for r in reps]
-    fkey = [(r.f_clip_score, r.clip_score) for r in reps]
 
     def first_max(keys):
         return max(range(len(keys)), key=lambda j: (keys[j], -j))
@@ -97,7 +97,7 @@ def pick_rows(reps, right, ver: Verifier, n: int, used: dict) -> dict[str, bool]
     out = {
         "single sample": right[0],
         f"best-of-{n} by CLIPScore": right[first_max(clip)],
-        f"best-of-{n} by F-CLIPScore (no card)": right[first_max(fkey)],
+        f"best-of-{n} by F-CLIPScore (no card)": right[best_index(reps)],  # the loop's rule
         f"best-of-{n} by the verifier card ({ver.select_by})": right[ver.select(reps, probs)],
         f"any of {n} right (ceiling)": any(right),
     }
@@ -110,10 +110,7 @@ def pick_rows(reps, right, ver: Verifier, n: int, used: dict) -> dict[str, bool]
     used.setdefault("resample, stop when nothing flagged (no card)", []).append(
         n if kept is None else kept + 1
     )
-    if kept is None:
-        kept = first_max(fkey)
-    else:
-        kept = first_max(fkey[: kept + 1])
+    kept = best_index(reps if kept is None else reps[: kept + 1])
     out["resample, stop when nothing flagged (no card)"] = right[kept]
     # resample, verifier's rule: stop once the best P so far reaches the stop level
     kept = None

@@ -329,6 +329,7 @@ def _cmd_demo(args) -> int:
     # until the models are up.
     out = check_out_dir(args.out)
     prompts = check_prompts(args.prompts or [p.text for p in prompt_set(6)], "--prompts")
+    call_kw = call_kwargs(args)  # a bad --pipeline-arg fails here, before any model loads
     t0 = time.perf_counter()
     pipe = with_lora(load_pipeline(args.pipeline, args.device), args.lora, args.pipeline)
     fb = _fb(args, pipe)
@@ -337,7 +338,7 @@ def _cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
         for i, prompt in enumerate(tqdm(prompts, desc="clip4dm demo", unit="prompt")):
-            res = _run(fb, prompt, args)
+            res = _run(fb, prompt, args, call_kw)
             history.append(res)
             f.write(json.dumps({"index": i, **res.to_dict()}) + "\n")
     from shapesworld.oracle import in_grammar, oracle_verdicts
@@ -367,15 +368,16 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _run(fb, prompt: str, args):
-    """One prompt through the loop; the loop's input errors become one-line CLI errors."""
+def _run(fb, prompt: str, args, call_kw: dict):
+    """One prompt through the loop (`call_kw`: `call_kwargs(args)`); the loop's input errors
+    become one-line CLI errors."""
     try:
         return fb(
             prompt,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             output_type="pt",
-            **call_kwargs(args),
+            **call_kw,
         ).history[0]
     except (ValueError, TypeError) as e:
         # a pipeline refusing an argument (--pipeline-arg) or an input: one line naming it
@@ -487,6 +489,7 @@ def _cmd_generate(args) -> int:
 
     out = check_out_dir(args.out)
     prompts = read_prompts(args.prompts)
+    call_kw = call_kwargs(args)  # a bad --pipeline-arg fails here, before any model loads
     state = PartialState(cpu=args.device == "cpu")
     lines = sorted(prompts)
     mine = [i for k, i in enumerate(lines) if k % state.num_processes == state.process_index]
@@ -496,8 +499,7 @@ def _cmd_generate(args) -> int:
     device = str(state.device) if args.device != "cpu" else "cpu"
     pipe = with_lora(load_pipeline(args.pipeline, device), args.lora, args.pipeline)
     fb = _fb(args, pipe)
-    call_kwargs(args)  # a bad --pipeline-arg fails here, before any image
-    adapter = fb.adapter.info(call_kwargs(args)).to_dict()
+    adapter = fb.adapter.info(call_kw).to_dict()
     written = 0
     rank = f"{state.process_index}-of-{state.num_processes}"
     results = out / results_name(state.process_index, state.num_processes)
@@ -507,7 +509,7 @@ def _cmd_generate(args) -> int:
     with open(results, "a", encoding="utf-8") as f:
         for i in tqdm(todo, desc=f"clip4dm generate [{rank}]", disable=not state.is_main_process):
             fb.config.seed = args.seed + 1000 * i  # independent of sharding and resumes
-            h = _run(fb, prompts[i], args)
+            h = _run(fb, prompts[i], args, call_kw)
             for rec in h.rounds:
                 for k, img in enumerate(rec.images):
                     to_pil(img).save(out / "images" / f"{i:05d}_r{rec.round}_{k}.png")

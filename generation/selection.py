@@ -12,13 +12,6 @@ def rank_key(report: MisalignmentReport) -> tuple[float, float]:
     return (report.f_clip_score, report.clip_score)
 
 
-def best_in_rounds(rounds) -> tuple[int, int]:
-    """(round, index) of the best report over every round's `reports` (the earliest on ties)."""
-    flat = [(rec.round, k, rep) for rec in rounds for k, rep in enumerate(rec.reports)]
-    i = best_index([rep for _, _, rep in flat])
-    return flat[i][0], flat[i][1]
-
-
 def best_index(reports: Sequence[MisalignmentReport]) -> int:
     """Index of the best report (the first one on exact ties)."""
     if not reports:

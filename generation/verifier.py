@@ -17,7 +17,7 @@ from pathlib import Path
 
 from feedback import Verifier
 
-from .selection import best_in_rounds, best_index
+from .selection import best_index
 
 _told = False
 
@@ -46,25 +46,19 @@ def say_no_verifier_once() -> None:
 
 def rank(rounds, verifier: Verifier | None, all_rounds: bool = True):
     """(round, index) of the image to keep, and the P(right) of every image per round (empty
-    lists without a verifier). With a verifier the group is every image made so far."""
-    if verifier is None:
-        best = (
-            best_in_rounds(rounds)
-            if all_rounds
-            else (rounds[-1].round, best_index(rounds[-1].reports))
-        )
-        return best, [[] for _ in rounds]
+    lists without a verifier). The pool is every image made so far (or the last round's with
+    `all_rounds=False`); without a verifier `selection.best_index` picks from it."""
     pool = rounds if all_rounds else rounds[-1:]
     flat = [(rec.round, k, rep) for rec in pool for k, rep in enumerate(rec.reports)]
     reports = [rep for _, _, rep in flat]
+    if verifier is None:
+        return flat[best_index(reports)][:2], [[] for _ in rounds]
     probs = verifier.probabilities(reports)
     i = verifier.select(reports, probs)
-    per_round, it = [], iter(probs)
+    per_round, it = [[] for _ in rounds[: len(rounds) - len(pool)]], iter(probs)
     for rec in pool:
         per_round.append([next(it) for _ in rec.reports])
-    if not all_rounds:
-        per_round = [[] for _ in rounds[:-1]] + per_round
-    return (flat[i][0], flat[i][1]), per_round
+    return flat[i][:2], per_round
 
 
 def satisfied(report, p_right: float | None, verifier: Verifier | None) -> bool:
