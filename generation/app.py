@@ -22,7 +22,6 @@ from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .figures import CSS, prompt_cards
 from .outputs import PromptHistory
 from .strategies import STRATEGIES
-from .verifier import rank
 
 
 @dataclass
@@ -164,11 +163,8 @@ class App:
                     if isinstance(item, PromptHistory):
                         yield _page(item, oracle, running=False)
                     else:
-                        done.append(item.record)
-                        best, probs = rank(done, self.verifier)
-                        for rec, p in zip(done, probs):
-                            rec.p_right = p
-                        partial = PromptHistory(item.prompt, list(done), best, "running")
+                        done.append(item.record)  # P(right) set by the loop, as is .best
+                        partial = PromptHistory(item.prompt, list(done), item.best, "running")
                         yield _page(partial, oracle, running=True)
             except ValueError as e:
                 raise InputError(str(e)) from None

@@ -63,10 +63,12 @@ STOP_REASONS = {
 
 @dataclass
 class RoundEvent:
-    """What `FeedbackPipeline.stream` yields after each round: the prompt and its record."""
+    """What `FeedbackPipeline.stream` yields after each round: the prompt, its record, and
+    the (round, index) the loop keeps so far (P(right) already set on every record)."""
 
     prompt: str
     record: RoundRecord
+    best: tuple[int, int] | None = None
 
 
 @dataclass

@@ -346,10 +346,10 @@ class FeedbackPipeline:
             )
             state.rounds.append(rec)
             used += n
-            yield RoundEvent(prompt, rec)
             state.best, probs = rank(state.rounds, self.verifier, cfg.select_from_all_rounds)
             for rec_, p in zip(state.rounds, probs):
                 rec_.p_right = p
+            yield RoundEvent(prompt, rec, state.best)
             p_best = probs[state.best[0]][state.best[1]] if self.verifier else None
             if strat.single_round:
                 stopped = "max_images"  # the whole budget in one round: nothing stopped early
@@ -358,7 +358,7 @@ class FeedbackPipeline:
                 # what the detector (or the verifier) knows, not a verdict
                 stopped = "verified" if self.verifier else "nothing_flagged"
                 break
-            if strat.single_round or used >= budget:
+            if used >= budget:
                 stopped = "max_images"
                 break
             plan = strat.next(state)

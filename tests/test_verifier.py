@@ -193,3 +193,16 @@ def test_best_of_n_reports_its_budget_spent_not_an_early_stop(sd, tiny_open_clip
     fb = FeedbackPipeline(sd, det, LoopConfig("best_of_n", max_images=3), verifier=_card(det, 0.0))
     h = fb("a red circle", **tp.call_kwargs("sd")).history[0]
     assert h.num_images == 3 and h.stopped == "max_images"
+
+
+def test_each_streamed_round_carries_its_p_right_and_the_best_so_far(sd, tiny_open_clip_dir):
+    from generation import PromptHistory
+
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=EPS)
+    fb = FeedbackPipeline(sd, det, LoopConfig("resample", max_images=3), verifier=_card(det, 2.0))
+    items = list(fb.stream("a red circle", **tp.call_kwargs("sd")))
+    events, (h,) = items[:-1], items[-1:]
+    assert isinstance(h, PromptHistory) and len(events) == 3
+    for e in events:
+        assert len(e.record.p_right) == len(e.record.seeds)  # set before the event is yielded
+    assert events[-1].best == h.best
