@@ -58,3 +58,30 @@ def hard_negative_clip_loss(
             "prefer_true": (own[:, :1] > own[:, 1:]).float(),  # (B, F) per foil
         }
     return loss, stats
+
+
+def group_ranking_loss(
+    image_emb: torch.Tensor,
+    prompt_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    right: torch.Tensor,
+) -> tuple[torch.Tensor, dict]:
+    """Within-prompt ranking of generated images: for each of G prompts, a softmax over its n
+    images' cosines with the prompt, whose mass should sit on the images the oracle finds
+    right (-log of that mass). This is what selection by CLIPScore needs and what the
+    caption-side loss above never asks for: which of *these* images shows the prompt.
+
+    image_emb: (G * n, D) normalised, group by group; prompt_emb: (G, D) normalised;
+    right: (G, n) bool with at least one True and one False per row.
+    """
+    g, n = right.shape
+    logits = logit_scale.exp() * (image_emb.view(g, n, -1) * prompt_emb[:, None]).sum(-1)
+    right = right.to(logits.device)
+    pos = torch.logsumexp(logits.masked_fill(~right, float("-inf")), 1)
+    loss = (torch.logsumexp(logits, 1) - pos).mean()
+    with torch.no_grad():
+        top_right = right[torch.arange(g, device=logits.device), logits.argmax(1)]
+    return loss, {
+        "loss_group": float(loss.detach()),
+        "group_top_right": float(top_right.float().mean()),
+    }

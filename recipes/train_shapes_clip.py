@@ -39,9 +39,17 @@ from tqdm.auto import tqdm
 from feedback.backends import OpenClipBackend, text_forward
 from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, SHARE, check_ranges
 from recipes.cli import parse_config, run_recipe
-from recipes.contrastive import duplicate_mask, hard_negative_clip_loss
+from recipes.contrastive import duplicate_mask, group_ranking_loss, hard_negative_clip_loss
 from shapesworld import Degradation
-from shapesworld.data import MEAN, STD, concat_batches, make_batch, pool_batch
+from shapesworld.data import (
+    MEAN,
+    STD,
+    concat_batches,
+    group_batch,
+    make_batch,
+    pool_batch,
+    prompt_groups,
+)
 from shapesworld.generated import load_pool
 
 
@@ -101,6 +109,12 @@ class TrainConfig:
     batch."""
     generated_fraction: float = 0.5
     """Share of each batch drawn from --generated-pool."""
+    group_prompts: int = 0
+    """Prompts of --generated-pool per step whose images (some right, some wrong) are ranked
+    against each other by their cosine with the templated prompt (`group_ranking_loss`):
+    teaches the within-prompt choice that selection by CLIPScore makes. 0 = off."""
+    group_weight: float = 1.0
+    """Weight of that ranking loss."""
     model_cfg: dict = field(default_factory=default_model_cfg)
 
     RANGES: ClassVar[dict] = {
@@ -119,6 +133,8 @@ class TrainConfig:
         "export_every": COUNT,
         "threads": COUNT,
         "generated_fraction": SHARE,
+        "group_prompts": NONNEG_INT,
+        "group_weight": NONNEG,
     }
 
     def __post_init__(self):
@@ -225,6 +241,9 @@ def main(cfg: TrainConfig) -> dict:
     degradation = Degradation(p=cfg.degradation_p)
     pool = load_pool(cfg.generated_pool) if cfg.generated_pool else None
     n_gen = round(cfg.batch_size * cfg.generated_fraction) if pool is not None else 0
+    if cfg.group_prompts and pool is None:
+        raise ValueError("--group-prompts needs --generated-pool")
+    groups = prompt_groups(pool[1]) if cfg.group_prompts else []
     token_cache: dict[str, torch.Tensor] = {}
 
     def tokenize(texts: list[str]) -> torch.Tensor:
@@ -254,18 +273,28 @@ def main(cfg: TrainConfig) -> dict:
                 batch, pool_batch(rng, *pool, n_gen, foils_per_image=cfg.foils_per_image)
             )
         texts = batch.captions + [f for fs in batch.foils for f in fs]
-        images = batch.images.to(accelerator.device)
+        images = batch.images
+        if groups:
+            gb = group_batch(rng, *pool, groups, cfg.group_prompts)
+            images = torch.cat([images, gb.images])
+            texts = texts + gb.texts
+        images = images.to(accelerator.device)
         ids = tokenize(texts).to(accelerator.device)
         img, txt, logit_scale = forward(images, ids)
+        n_img, n_txt = cfg.batch_size, cfg.batch_size * (1 + cfg.foils_per_image)
         loss, stats = hard_negative_clip_loss(
-            img,
-            txt,
+            img[:n_img],
+            txt[:n_txt],
             logit_scale,
             cfg.batch_size,
             cfg.foils_per_image,
-            duplicate_mask(texts, batch.captions),
+            duplicate_mask(texts[:n_txt], batch.captions),
             cfg.hard_weight,
         )
+        if groups:
+            loss_g, stats_g = group_ranking_loss(img[n_img:], txt[n_txt:], logit_scale, gb.right)
+            loss = loss + cfg.group_weight * loss_g
+            stats.update(stats_g)
         accelerator.backward(loss)
         opt.step()
         sched.step()
@@ -273,7 +302,9 @@ def main(cfg: TrainConfig) -> dict:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
-        for k in ("loss", "loss_hard", "acc_retrieval"):
+        for k in ("loss", "loss_hard", "acc_retrieval", "loss_group", "group_top_right"):
+            if k not in stats:
+                continue
             running[k] = 0.98 * running.get(k, stats[k]) + 0.02 * stats[k]
         for b, ks in enumerate(batch.foil_kinds):
             for j, k in enumerate(ks):

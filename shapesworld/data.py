@@ -186,3 +186,58 @@ def pool_batch(
         foils.append(f_texts)
         kinds.append(f_kinds)
     return ShapesBatch(to_tensor(pils), captions, foils, kinds)
+
+
+def prompt_groups(labels: list) -> list[tuple[int, ...]]:
+    """Indices of a generated pool's images grouped by the prompt they were generated from
+    (a prompt's images are consecutive in the pool), keeping only *mixed* groups: at least
+    one image the oracle finds right and one it finds wrong. Those are the groups where
+    ranking a prompt's images decides whether the loop keeps a right one."""
+    groups, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i].prompt != labels[start].prompt:
+            rights = {labels[j].right for j in range(start, i)}
+            if rights == {True, False}:
+                groups.append(tuple(range(start, i)))
+            start = i
+    return groups
+
+
+@dataclass
+class GroupBatch:
+    """G prompt groups of a generated pool, each with the same number of images n.
+
+    images: (G * n, 3, H, W) normalised, group by group; texts: G prompts with the detector's
+    template (the text the loop scores an image against); right: (G, n) bool oracle verdicts.
+    """
+
+    images: torch.Tensor
+    texts: list[str]
+    right: torch.Tensor
+
+
+def group_batch(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: list,
+    groups: list[tuple[int, ...]],
+    n_groups: int,
+    *,
+    template: str = "A photo depicts ",
+) -> GroupBatch:
+    """`n_groups` mixed prompt groups (`prompt_groups`) drawn at random, for a within-prompt
+    ranking loss: the prompt's right images should score above its wrong ones."""
+    if not groups:
+        raise ValueError("the pool has no prompt with both a right and a wrong image")
+    n = min(len(g) for g in groups)
+    idx = []
+    for g in rng.choice(len(groups), size=n_groups):
+        members = groups[int(g)]
+        # Groups longer than n keep a right and a wrong image, so every row stays mixed.
+        first = [next(i for i in members if labels[i].right)]
+        first.append(next(i for i in members if not labels[i].right))
+        idx += first + [i for i in members if i not in first][: n - 2]
+    pils = [Image.fromarray(images[i]) for i in idx]
+    texts = [template + labels[idx[k * n]].prompt for k in range(n_groups)]
+    right = torch.tensor([labels[i].right for i in idx]).view(n_groups, n)
+    return GroupBatch(to_tensor(pils), texts, right)

@@ -164,3 +164,36 @@ def test_pool_batch_puts_the_failed_prompt_first(tmp_path):
         else:
             assert "generated" not in kinds and cap.rstrip(" .") == ex[1].caption.text
         assert cap not in foils
+
+
+def test_prompt_groups_keep_mixed_groups_and_group_batch_ranks_them():
+    import torch
+
+    from recipes.contrastive import group_ranking_loss
+    from shapesworld.data import group_batch, prompt_groups
+    from shapesworld.generated import GeneratedExample
+
+    def ex(prompt, right):
+        return GeneratedExample(prompt, right, [] if right else ["color"], None)
+
+    labels = [ex("a red circle", r) for r in (True, False, False)]
+    labels += [ex("a blue square", r) for r in (True, True, True)]  # all right: not mixed
+    labels += [ex("a green cross", r) for r in (False, False, False, True)]  # longer group
+    assert prompt_groups(labels) == [(0, 1, 2), (6, 7, 8, 9)]
+    images = np.zeros((len(labels), 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels))  # which image went where
+    b = group_batch(np.random.default_rng(0), images, labels, prompt_groups(labels), 8)
+    assert b.images.shape == (24, 3, 32, 32) and b.right.shape == (8, 3)
+    assert all(t.startswith("A photo depicts a ") for t in b.texts)
+    assert (b.right.any(1) & (~b.right).any(1)).all()  # every row stays mixed
+    with pytest.raises(ValueError, match="both a right and a wrong"):
+        group_batch(np.random.default_rng(0), images, labels, [], 2)
+
+    # The loss is low when the right image is the closest to its prompt, high when a wrong one is
+    prompt = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    right = torch.tensor([[True, False]])
+    scale = torch.tensor(np.log(100.0))
+    good, s_good = group_ranking_loss(torch.cat([prompt, other]), prompt, scale, right)
+    bad, s_bad = group_ranking_loss(torch.cat([other, prompt]), prompt, scale, right)
+    assert good < 0.1 < bad and s_good["group_top_right"] == 1.0 and s_bad["group_top_right"] == 0
