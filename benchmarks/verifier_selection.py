@@ -50,8 +50,9 @@ def _report(d: dict) -> MisalignmentReport:
     return MisalignmentReport(**{k: d[k] for k in keys}, words=words)
 
 
-def make_pool(pipe, det, prompts, n_images, cache: Path, steps=20, guidance=4.0):
-    """Per prompt: n_images reports (dicts) and oracle verdicts; cached line by line."""
+def make_pool(pipe, det, prompts, n_images, cache: Path, steps=20, guidance=4.0, base_det=None):
+    """Per prompt: n_images reports (dicts) and oracle verdicts, and each image's cosine with
+    the prompt under `base_det` (another CLIP, for its best-of-N row); cached line by line."""
     done = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
@@ -78,15 +79,20 @@ def make_pool(pipe, det, prompts, n_images, cache: Path, steps=20, guidance=4.0)
             right = [bool(judge_tensor(im, p.text).all_correct) for im in imgs]
             row = {"i": i, "n_objects": p.n_objects, "reports": [r.to_dict() for r in reps]}
             row["right"] = right
+            if base_det is not None:
+                row["baseline_cosine"] = base_det.cosine(imgs, [p.text])[:, 0].tolist()
             f.write(json.dumps(row) + "\n")
             f.flush()
             done[i] = row
     return [done[i] for i in range(len(prompts))]
 
 
-def pick_rows(reps, right, ver: Verifier, n: int, used: dict) -> dict[str, bool]:
+def pick_rows(
+    reps, right, ver: Verifier, n: int, used: dict, baseline: tuple[str, list] | None = None
+) -> dict[str, bool]:
     """Whether each selection rule keeps a right image among the first n (`used`: images
-    each early-stopping rule made, appended per prompt)."""
+    each early-stopping rule made, appended per prompt; `baseline`: another CLIP's name and
+    its cosines of these images, for best-of-n by that CLIP's CLIPScore)."""
     reps, right = reps[:n], right[:n]
     clip = [r.clip_score for r in reps]
 
@@ -101,6 +107,9 @@ def pick_rows(reps, right, ver: Verifier, n: int, used: dict) -> dict[str, bool]
         f"best-of-{n} by the verifier card ({ver.select_by})": right[ver.select(reps, probs)],
         f"any of {n} right (ceiling)": any(right),
     }
+    if baseline is not None:
+        name, cos = baseline
+        out[f"best-of-{n} by CLIPScore of {name}"] = right[first_max(cos[:n])]
     # resample, detector's rule: stop at the first image with nothing flagged
     kept = None
     for k in range(n):
@@ -144,6 +153,12 @@ def main():
         help="verifier card (clip4dm calibrate; default: the shipped pipeline's)",
     )
     p.add_argument("--detector", default=LOOP_DETECTOR)
+    p.add_argument(
+        "--baseline-detector",
+        default="shapes-tiny-gen",
+        help="another CLIP whose best-of-N by CLIPScore gets a row ('' = none; default: the "
+        "loop's detector before shapes-tiny-gen2)",
+    )
     p.add_argument("--n", type=int, default=300, help="held-out prompts (half per kind)")
     p.add_argument("--images", type=int, default=8, help="images per prompt (largest budget)")
     p.add_argument("--cache", default="runs/verifier_pool.jsonl")
@@ -157,7 +172,10 @@ def main():
     prompts = prompt_set(args.n)
     cache = Path(args.cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    pool = make_pool(load_pipeline(), det, prompts, args.images, cache)
+    base_det = None
+    if args.baseline_detector and args.baseline_detector != args.detector:
+        base_det = MisalignmentDetector.from_pretrained(args.baseline_detector)
+    pool = make_pool(load_pipeline(), det, prompts, args.images, cache, base_det=base_det)
     n_obj = np.array([row["n_objects"] for row in pool])
     results: dict = {}
     for budget in sorted({4, args.images}):
@@ -165,7 +183,10 @@ def main():
         used: dict[str, list[int]] = {}
         for row in pool:
             reps = [_report(d) for d in row["reports"]]
-            for k, v in pick_rows(reps, row["right"], ver, budget, used).items():
+            base = None
+            if base_det is not None and "baseline_cosine" in row:
+                base = (args.baseline_detector, row["baseline_cosine"])
+            for k, v in pick_rows(reps, row["right"], ver, budget, used, base).items():
                 rows.setdefault(k, []).append(v)
         base = np.array(rows[f"best-of-{budget} by CLIPScore"])
         table = {}

@@ -15,7 +15,7 @@ PIPELINE_NAME = "shapes-sd-tiny"
 #: The loop's default detector on the shipped pipeline (tuned on its generated images). Its
 #: eps is the pipeline card's calibration for it (`loop_threshold`): the one value the CLI
 #: (demo, generate, app), the benchmarks and the README use.
-LOOP_DETECTOR = "shapes-tiny-gen"
+LOOP_DETECTOR = "shapes-tiny-gen2"
 #: Seeds of the prompt sets (the training recipe draws scenes from other seeds).
 PROMPT_SEED = HELD_OUT_SEED + 11
 VALIDATION_SEED = HELD_OUT_SEED + 13

@@ -10,6 +10,7 @@ import pytest
 from feedback import InputError, MisalignmentDetector
 from feedback.eval.datasets import load_shapes_foil
 from generation.app import App, AppConfig, report_html
+from shapesworld.pipelines import LOOP_DETECTOR
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_app_in_a_real_browser(caught_foil, tmp_path, chromium_path):
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
             header = page.locator("h1").first.locator("xpath=..").inner_text()
-            assert "shapes-tiny-gen" in header and "/" not in header.split("Detector:")[-1]
+            assert LOOP_DETECTOR in header and "/" not in header.split("Detector:")[-1]
             page.locator("input[type=file]").first.set_input_files(path)
             page.locator("#caption textarea").fill(caption)
             page.locator("#check").click()
@@ -199,7 +200,7 @@ def test_generate_with_the_shipped_verifier_shows_p_right():
     from feedback import Verifier
     from shapesworld.pipelines import load_pipeline, loop_threshold, loop_verifier_path, prompt_set
 
-    det = MisalignmentDetector.from_pretrained("shapes-tiny-gen", threshold=loop_threshold())
+    det = MisalignmentDetector.from_pretrained(LOOP_DETECTOR, threshold=loop_threshold())
     app = App(det, load_pipeline(), verifier=Verifier.load(loop_verifier_path()))
     pages = list(app.generate(prompt_set(2)[0].text, "resample", 2, 4, 0))
     assert all("P(right)" in p for p in pages)

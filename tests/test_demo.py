@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from generation.cli import main
-from shapesworld.pipelines import pipeline_path, prompt_set
+from shapesworld.pipelines import LOOP_DETECTOR, pipeline_path, prompt_set
 
 
 def test_shipped_pipeline_loads_offline_with_stock_diffusers():
@@ -211,7 +211,7 @@ def test_a_long_prompt_gives_one_line_of_ours_only(tmp_path, capfd):
     err = [x for x in err if x.strip()]
     assert len(err) == 1, err
     assert err[0].startswith("clip4dm: warning: prompt too long"), err
-    assert "clip reads 30 tokens" in err[0] and "the detector (shapes-tiny-gen)" in err[0]
+    assert "clip reads 30 tokens" in err[0] and f"the detector ({LOOP_DETECTOR})" in err[0]
 
 
 def test_oracle_judges_only_prompts_in_its_grammar():
@@ -240,11 +240,11 @@ def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps(
     from shapesworld.pipelines import load_pipeline, loop_threshold
 
     for cmd in (["demo"], ["generate", "--prompts", "p.txt", "--out", "o"], ["app"]):
-        assert build_parser().parse_args(cmd).model == "shapes-tiny-gen"
+        assert build_parser().parse_args(cmd).model == LOOP_DETECTOR
     assert build_parser().parse_args(["check", "x.png", "a cat"]).model == "shapes-tiny"
     args = build_parser().parse_args(["demo"])
     fb = _fb(args, load_pipeline())
-    assert fb.detector.config.threshold == loop_threshold(detector="shapes-tiny-gen")
+    assert fb.detector.config.threshold == loop_threshold(detector=LOOP_DETECTOR)
     from generation import RECOMMENDED_STRATEGY
 
     assert fb.config.strategy == args.strategy == RECOMMENDED_STRATEGY
@@ -361,7 +361,7 @@ def test_the_readme_quotes_the_cards_it_names():
     assert f"--threshold {loop_threshold()!r}" in text
     card = json.loads(loop_verifier_path().read_text())
     st = card["stats"]
-    assert card["threshold"] == loop_threshold() and card["detector"] == "shapes-tiny-gen"
+    assert card["threshold"] == loop_threshold() and card["detector"] == LOOP_DETECTOR
     clip_sel, ver_sel = st["clip_score_selection_accuracy"], st["cv_selection_accuracy"]
     sel = f"({100 * clip_sel:.1f}% vs {100 * ver_sel:.1f}%"
     assert sel in text
