@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_faithfulness.py [--rounds 12] [--prompts 32] [--n 150] \
         [--detector shapes-tiny-gen] [--keep-fraction 0.5] [--caption-dropout 0.2] \
-        [--out runs/finetune-bench]
+        [--train lora|full] [--val-every K] [--out runs/finetune-bench]
 
 Every recipe is trained from the same shipped `shapes-sd-tiny` at equal compute: the same
 training prompts and seeds, `--images` generated images per prompt and round, the same
@@ -71,6 +71,9 @@ RECIPES = {
     "GRPO (KL 0.1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), CLIPScore (twin)": ("grpo", {"reward": "clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), oracle (ceiling)": ("grpo", {"reward": "oracle", "kl": 0.1}),
+    # the KL weight's sweep (0 is DDPO)
+    "GRPO (KL 0.01), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.01}),
+    "GRPO (KL 1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 1.0}),
 }
 #: Each CLIP4DM recipe's scalar CLIPScore twin at equal compute (the token-level recipe's is
 #: best-of-N by CLIPScore, the same number of plain samples per prompt).
@@ -86,6 +89,8 @@ TWINS = {
     "relabel, oracle (ceiling), anchors": "relabel, CLIPScore (twin), anchors",
     "GRPO (KL 0.1), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
     "GRPO (KL 0.1), oracle (ceiling)": "GRPO (KL 0.1), CLIPScore (twin)",
+    "GRPO (KL 0.01), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
+    "GRPO (KL 1), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
 }
 
 
@@ -117,6 +122,19 @@ def _unit(name: str) -> str:
     if "relabel_by" in extra:
         return "relabel"
     return extra.get("reward", "f_clip_score")
+
+
+def compute(log: list[dict], args) -> dict:
+    """What a row cost: images generated for training (+ one per validation prompt and
+    validation), optimizer steps, and minutes of its rounds (validation included)."""
+    from generation.finetune import RoundsConfig
+
+    n_val = sum(1 for x in log if "val" in x) + (1 if args.val_every else 0)  # + the base
+    return {
+        "images": int(sum(x["generated"] for x in log)) + RoundsConfig.val_prompts * n_val,
+        "optimizer_steps": args.steps * len(log),
+        "minutes": round(sum(x["seconds"] for x in log) / 60, 2),
+    }
 
 
 def plot(path: Path, table: dict, logs: dict) -> None:
@@ -165,13 +183,18 @@ def plot(path: Path, table: dict, logs: dict) -> None:
     print(f"\ncurves: {path}")
 
 
-def _lora_key(folder: Path) -> str:
-    return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
+def _weights_key(folder: Path) -> str:
+    """A hash of a recipe's result: its LoRA file or its UNet's weights."""
+    f = folder / "pytorch_lora_weights.safetensors"
+    if not f.is_file():
+        f = folder / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def main():
     from loop_faithfulness import bootstrap_diff  # this folder is on sys.path
 
+    from generation.finetune import load_trained
     from recipes.finetune_ddpo import DDPOConfig
     from recipes.finetune_ddpo import main as ddpo
     from recipes.finetune_grpo import GRPOConfig
@@ -189,7 +212,18 @@ def main():
     p.add_argument("--images", type=int, default=4, help="images per prompt and round")
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per round")
     p.add_argument("--lr", type=float, default=None, help="learning rate (recipe default)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
     p.add_argument("--caption-dropout", type=float, default=0.2, help="denoising recipes")
+    p.add_argument(
+        "--train", choices=("lora", "full"), default="lora", help="LoRA or the whole UNet"
+    )
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=0,
+        help="validate every K rounds on the recipes' validation prompts (oracle-judged) and "
+        "judge the best validated round on the test prompts (0: the last round)",
+    )
     p.add_argument(
         "--keep-fraction", type=float, default=0.5, help="reward-filtered: top share of bests"
     )
@@ -221,6 +255,9 @@ def main():
             steps_per_round=args.steps,
             resume=True,
             caption_dropout=args.caption_dropout,
+            batch_size=args.batch_size,
+            train=args.train,
+            val_every=args.val_every,
             **({"lr": args.lr} if args.lr is not None else {}),
         )
         train, config = {
@@ -234,26 +271,35 @@ def main():
             extra = {"keep_fraction": args.keep_fraction, **extra}
         train(config(**common, **extra))
 
-        def tuned(run=run):
-            pipe = load_pipeline()
-            pipe.load_lora_weights(str(run / "lora"))
-            return pipe
+        # the best validated round (model selection on the validation split), else the last
+        result = run / ("best" if args.val_every else ("lora" if args.train == "lora" else "unet"))
 
-        results[name] = held_out(run / "held_out.json", _lora_key(run / "lora"), tuned, held)
+        def tuned(result=result):
+            return load_trained(load_pipeline(), result)
+
+        key = _weights_key(result)
+        results[name] = held_out(run / "held_out.json", key, tuned, held)
         logs[name] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        if args.val_every:
+            best = json.loads((run / "best.json").read_text())
+            print(f"{name}: kept round {best['round']} (validation {100 * best['val']:.1f}%)")
 
     base = results["base (no fine-tuning)"]
     print(
-        f"\nFine-tuning on ShapesWorld: {args.rounds} rounds x {args.prompts} prompts x "
-        f"{args.images} images, {args.steps} steps per round; {args.n} held-out prompts per "
+        f"\nFine-tuning on ShapesWorld ({args.train}): {args.rounds} rounds x {args.prompts} "
+        f"prompts x {args.images} images, {args.steps} steps of {args.batch_size} per round"
+        + (f", validated every {args.val_every} rounds" if args.val_every else "")
+        + f"; {args.n} held-out prompts per "
         "kind, one image each, oracle-judged (%); differences are two-object, paired, with a "
         "bootstrap 95% interval\n"
     )
-    print("| recipe | 2-object | 1-object | vs base | vs its CLIPScore twin |")
-    print("|---|---|---|---|---|")
+    print("| recipe | 2-object | 1-object | vs base | vs its CLIPScore twin | compute |")
+    print("|---|---|---|---|---|---|")
     table = {}
     for name, r in results.items():
         row = {"two_object": float(r[2].mean()), "one_object": float(r[1].mean())}
+        if name in logs:
+            row["compute"] = compute(logs[name], args)
         cells = []
         for key, other in (("vs_base", base), ("vs_twin", results.get(TWINS.get(name, "")))):
             if other is None or other is r:
@@ -263,6 +309,10 @@ def main():
             row[key] = [d, lo, hi]
             cells.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         table[name] = row
+        c = row.get("compute")
+        cells.append(
+            f"{c['images']} img, {c['optimizer_steps']} steps, {c['minutes']:.1f} min" if c else ""
+        )
         print(
             f"| {name} | {100 * r[2].mean():.1f} | {100 * r[1].mean():.1f} | "
             + " | ".join(cells)

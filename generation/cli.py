@@ -66,7 +66,8 @@ def _add_loop_args(p) -> None:
         metavar="NAME|PATH",
         help="load a LoRA into the pipeline first (stock load_lora_weights): a shipped one's "
         "short name (shapesworld/weights/<pipeline>-lora-NAME) or a folder holding "
-        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights.safetensors; a recipe's --train full result (a diffusers UNet "
+        "folder) replaces the UNet instead",
     )
     p.add_argument(
         "--verifier",
@@ -280,14 +281,19 @@ def with_lora(pipe, lora: str | None, pipeline: str):
 
     folder = lora_path(lora, pipeline) if pipeline == SHIPPED_PIPELINE else None
     folder = folder or Path(lora).expanduser()
-    if not (folder / "pytorch_lora_weights.safetensors").is_file():
+    is_unet = (folder / "config.json").is_file() and (
+        folder / "diffusion_pytorch_model.safetensors"
+    ).is_file()
+    if not (folder / "pytorch_lora_weights.safetensors").is_file() and not is_unet:
         names = ", ".join(shipped_loras()) or "none shipped"
         raise ModelLoadError(
             f"--lora {lora}: neither a shipped LoRA ({names}) nor a folder holding "
-            "pytorch_lora_weights.safetensors"
+            "pytorch_lora_weights.safetensors (or a recipe's whole-UNet result)"
         )
     try:
-        pipe.load_lora_weights(str(folder))
+        from generation.finetune import load_trained
+
+        load_trained(pipe, folder)  # stock load_lora_weights, or a stock UNet folder
     except Exception as e:  # diffusers/peft raise many kinds; one line naming the LoRA
         raise ModelLoadError(f"--lora {lora}: could not load it: {str(e)[:200]}") from None
     return pipe

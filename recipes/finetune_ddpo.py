@@ -21,13 +21,13 @@ from typing import ClassVar
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig, run_rounds
+from generation.finetune import Collected, RoundsConfig
 from generation.finetune.policy import group_advantages, policy_objective
 from generation.finetune.ranges import POSITIVE
 from generation.finetune.sampler import sample_with_logprob
 from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import REWARDS, make_reward, parse_args
-from shapesworld.pipelines import FINETUNE_SEED, prompt_set
+from recipes.shapes_rounds import run_shapes_rounds
 
 
 @dataclass
@@ -74,11 +74,8 @@ def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
     def objective(pipe, got: Collected, gen: torch.Generator, cfg: DDPOConfig):
         return policy_objective(pipe, got, gen, cfg, kl=getattr(cfg, "kl", 0.0))
 
-    def prompts_for(r: int, rank: int) -> list[str]:
-        seed = FINETUNE_SEED + 1000 * r + rank
-        return [p.text for p in prompt_set(cfg.prompts_per_round, seed=seed)]
-
-    return run_rounds(cfg, collect, prompts_for, name=name, objective=objective)
+    # the policy objective learns from the samples alone: no anchor data
+    return run_shapes_rounds(cfg, collect, name, anchors=False, objective=objective)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig, run_rounds
+from generation.finetune import Collected, RoundsConfig
 from recipes.cli import run_recipe
 from recipes.finetune_reward_filtered import CLIP_TIE_BREAK, load_detector, parse_args
-from shapesworld.data import anchor_source
-from shapesworld.pipelines import FINETUNE_SEED, prompt_set
+from recipes.shapes_rounds import run_shapes_rounds
 
 
 @dataclass
@@ -94,11 +93,7 @@ def main(cfg: DistillConfig) -> dict:
             made,
         )
 
-    def prompts_for(r: int, rank: int) -> list[str]:
-        seed = FINETUNE_SEED + 1000 * r + rank
-        return [p.text for p in prompt_set(cfg.prompts_per_round, seed=seed)]
-
-    return run_rounds(cfg, collect, prompts_for, name="loop-distill", anchors=anchor_source())
+    return run_shapes_rounds(cfg, collect, "loop-distill")
 
 
 if __name__ == "__main__":

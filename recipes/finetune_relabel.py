@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generation.finetune import Collected, RoundsConfig, run_rounds, sample_round
+from generation.finetune import Collected, RoundsConfig, sample_round
 from recipes.cli import parse_config, run_recipe
 from recipes.finetune_reward_filtered import load_detector
-from shapesworld.data import anchor_source
-from shapesworld.pipelines import FINETUNE_SEED, prompt_set
+from recipes.shapes_rounds import run_shapes_rounds
 from shapesworld.vocabulary import COLORS, SHAPES, SIZES
 
 RELABEL_BY = ("detector", "clip_score", "oracle")
@@ -96,12 +95,7 @@ def main(cfg: RelabelConfig) -> dict:
             len(s.prompts),
         )
 
-    def prompts_for(r: int, rank: int) -> list[str]:
-        return [
-            p.text for p in prompt_set(cfg.prompts_per_round, seed=FINETUNE_SEED + 1000 * r + rank)
-        ]
-
-    return run_rounds(cfg, collect, prompts_for, name="relabel", anchors=anchor_source())
+    return run_shapes_rounds(cfg, collect, "relabel")
 
 
 def parse_args(argv=None) -> RelabelConfig:

@@ -26,11 +26,11 @@ from typing import ClassVar
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig, run_rounds, sample_round
+from generation.finetune import Collected, RoundsConfig, sample_round
 from generation.finetune.ranges import Range
 from recipes.cli import parse_config, run_recipe
-from shapesworld.data import anchor_source
-from shapesworld.pipelines import FINETUNE_SEED, loop_threshold, prompt_set
+from recipes.shapes_rounds import run_shapes_rounds
+from shapesworld.pipelines import loop_threshold
 
 REWARDS = ("f_clip_score", "clip_score", "oracle", "oracle_dense")
 
@@ -125,12 +125,7 @@ def main(cfg: FilteredConfig) -> dict:
             len(s.prompts),
         )
 
-    def prompts_for(r: int, rank: int) -> list[str]:
-        return [
-            p.text for p in prompt_set(cfg.prompts_per_round, seed=FINETUNE_SEED + 1000 * r + rank)
-        ]
-
-    return run_rounds(cfg, collect, prompts_for, name="reward-filtered", anchors=anchor_source())
+    return run_shapes_rounds(cfg, collect, "reward-filtered")
 
 
 def parse_args(argv=None, cls=FilteredConfig):

@@ -23,6 +23,9 @@ VALIDATION_SEED = HELD_OUT_SEED + 13
 CALIBRATION_SEED = HELD_OUT_SEED + 23
 #: Seed of the fine-tuning recipes' training prompts (round r, process k: + 1000 r + k).
 FINETUNE_SEED = HELD_OUT_SEED + 10_000_019
+#: Seed of the fine-tuning recipes' validation prompts (model selection; never trained on, and
+#: not the benchmarks' test prompts).
+FINETUNE_VALIDATION_SEED = HELD_OUT_SEED + 29
 
 
 def pipeline_path(name: str = PIPELINE_NAME) -> Path:

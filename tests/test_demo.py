@@ -413,6 +413,28 @@ def test_demo_loads_a_lora_by_path_and_names_a_bad_one(tmp_path, capsys):
     assert "--lora nope: neither a shipped LoRA" in err and err.count("\n") == 1
 
 
+def test_demo_takes_a_whole_unet_result_for_lora(tmp_path):
+    """A recipe's `--train full` result (a stock diffusers UNet folder) given to `--lora`
+    replaces the pipeline's UNet: the images change."""
+    import torch
+
+    from generation.finetune import make_trainable, save_trained
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    params = make_trainable(pipe.unet, "full")
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.01 * torch.randn_like(p))
+    save_trained(pipe.unet, "full", tmp_path / "unet")
+    args = ["demo", "--prompts", "a small red circle", "--budget", "1", "--steps", "4"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--lora", str(tmp_path / "unet")]) == 0
+    a = json.loads((tmp_path / "a" / "results.jsonl").read_text())
+    b = json.loads((tmp_path / "b" / "results.jsonl").read_text())
+    assert a["rounds"][0]["reports"][0]["clip_score"] != b["rounds"][0]["reports"][0]["clip_score"]
+
+
 def test_demo_refuses_a_syntax_only_prompt_before_loading(tmp_path, capsys, monkeypatch):
     _no_model_loads(monkeypatch)
     assert main(["demo", "--out", str(tmp_path / "d"), "--prompts", "(( ))"]) == 2

@@ -388,3 +388,210 @@ def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_lora():
             p.add_(0.05 * torch.randn_like(p))
     loss_fn(pipe.unet, torch.arange(2))
     assert loss_fn.kl[-1] > 0
+
+
+def test_grpo_kl_with_the_whole_unet_trained_is_to_a_frozen_copy():
+    """Full fine-tuning keeps a frozen copy of the base as the KL anchor (no adapters to
+    switch off): 0 at the start, > 0 once the weights move, and the copy never moves."""
+    from generation.finetune import Collected, make_trainable
+    from generation.finetune.policy import group_advantages, policy_objective
+    from generation.finetune.sampler import sample_with_logprob
+    from generation.finetune.trainable import _REFERENCES
+    from recipes.finetune_grpo import GRPOConfig
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    params = make_trainable(pipe.unet, "full")
+    assert len(params) == len(list(pipe.unet.parameters())) and all(p.requires_grad for p in params)
+    ref = _REFERENCES[pipe.unet]
+    assert not any(p.requires_grad for p in ref.parameters())
+    assert "_REFERENCES" not in str(list(pipe.unet.state_dict()))  # not a submodule
+    frozen = {k: v.clone() for k, v in ref.state_dict().items()}
+    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2, train="full")
+    tr = sample_with_logprob(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=3)
+    got = Collected(
+        tr.images,
+        ["a red circle"] * 2,
+        0.5,
+        0.5,
+        2,
+        (tr, group_advantages(torch.tensor([1.0, 0.0]), 2)),
+    )
+    _, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg, kl=0.1)
+    loss_fn(pipe.unet, torch.arange(2))
+    assert loss_fn.kl == [0.0]
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.01 * torch.randn_like(p))
+    loss_fn(pipe.unet, torch.arange(2))
+    assert loss_fn.kl[-1] > 0
+    assert all(torch.equal(frozen[k], v) for k, v in ref.state_dict().items())
+
+
+def test_the_trainer_imports_nothing_from_shapesworld():
+    """`generation.finetune` is a library: ShapesWorld is wired in by the recipes only."""
+    import ast
+
+    for path in (ROOT / "generation" / "finetune").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n.split(".")[0] == "shapesworld" for n in names), path.name
+
+
+def _tiny_round_kit(tmp_path, **cfg_kw):
+    """A config, a collect step (every sampled image kept, zero reward) and a prompt source for
+    in-process `run_rounds` calls on the shipped pipeline."""
+    from generation.finetune import Collected, RoundsConfig, sample_round
+
+    cfg = RoundsConfig(
+        output_dir=str(tmp_path),
+        prompts_per_round=2,
+        images_per_prompt=1,
+        steps_per_round=2,
+        batch_size=2,
+        sample_steps=2,
+        threads=1,
+        **cfg_kw,
+    )
+
+    def collect(pipe, prompts, seeds):
+        s = sample_round(
+            pipe, prompts, 1, seeds, lambda im, p: im.new_zeros(len(p)), num_inference_steps=2
+        )
+        return Collected(s.images, s.prompts, 0.0, 0.0, len(s.prompts))
+
+    def prompts_for(r, rank):
+        return [f"a red circle above a blue square {r}", "a small green triangle"]
+
+    return cfg, collect, prompts_for
+
+
+@pytest.mark.slow
+def test_run_rounds_takes_a_pipeline_object_and_refuses_other_families(tmp_path):
+    """The trainer takes the user's pipeline object (no ShapesWorld name), trains it, writes a
+    LoRA stock diffusers loads; a pipeline family it cannot train is one clear error before
+    any image is made."""
+    from generation.finetune import run_rounds
+    from shapesworld.pipelines import load_pipeline
+    from tests import tiny_pipelines
+
+    cfg, collect, prompts_for = _tiny_round_kit(tmp_path / "sd", rounds=1, pipeline="not-a-name")
+    rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline())
+    assert rec["rounds_done"] == 1
+    assert (tmp_path / "sd" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    tok = load_pipeline().tokenizer
+    flux = tiny_pipelines.build("flux", tok)
+    calls = []
+    cfg, _, prompts_for = _tiny_round_kit(tmp_path / "flux", rounds=1)
+    with pytest.raises(ValueError, match="SD 1.x/2.x.*FLUX"):
+        run_rounds(cfg, lambda *a: calls.append(a), prompts_for, pipeline=flux)
+    assert not calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", ["lora", "full"])
+def test_validation_keeps_the_best_round_and_resumes(tmp_path, train):
+    """With `val_every`, the base and every k-th round are validated; OUTPUT/best holds the
+    weights of the best-scoring round (ties: the earlier), here round 1 of 4, byte-equal to a
+    2-round run's; a resumed run keeps the earlier scores instead of validating again."""
+    from generation.finetune import load_trained, run_rounds
+    from shapesworld.pipelines import load_pipeline
+
+    scores = iter([0.2, 0.5, 0.3])  # base, after round 1, after round 3
+    cfg, collect, prompts_for = _tiny_round_kit(
+        tmp_path / "val", rounds=2, val_every=2, train=train
+    )
+    seen = []
+
+    def validate(pipe):
+        seen.append(pipe.unet.training)
+        return next(scores)
+
+    rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline(), validate=validate)
+    assert rec["best_round"] == 1 and rec["best_val"] == 0.5
+    cfg.rounds, cfg.resume = 4, True
+    rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline(), validate=validate)
+    assert seen == [False, False, False]  # validated in eval mode, base once only
+    vals = [json.loads(x) for x in (tmp_path / "val" / "validation.jsonl").read_text().splitlines()]
+    assert [(v["round"], v["val"], v["best"]) for v in vals] == [
+        (-1, 0.2, True),
+        (1, 0.5, True),
+        (3, 0.3, False),
+    ]
+    assert (
+        rec["best_round"] == 1
+        and json.loads((tmp_path / "val" / "best.json").read_text())["round"] == 1
+    )
+    log = [json.loads(x) for x in (tmp_path / "val" / "log.jsonl").read_text().splitlines()]
+    assert [x.get("val") for x in log] == [None, 0.5, None, 0.3]
+
+    two, _, _ = _tiny_round_kit(tmp_path / "two", rounds=2, train=train)
+    run_rounds(two, collect, prompts_for, pipeline=load_pipeline())
+    last = "lora" if train == "lora" else "unet"
+
+    def image(folder):
+        pipe = load_trained(load_pipeline(), folder)
+        g = torch.Generator().manual_seed(0)
+        return pipe("a red circle", num_inference_steps=3, generator=g, output_type="pt").images
+
+    best = image(tmp_path / "val" / "best")
+    assert torch.equal(best, image(tmp_path / "two" / last))
+    assert not torch.equal(best, image(tmp_path / "val" / last))  # not the last round
+
+
+@pytest.mark.slow
+def test_whole_unet_recipe_writes_a_unet_stock_diffusers_loads(tmp_path):
+    """`--train full` trains every UNet weight and writes a diffusers UNet folder that stock
+    `UNet2DConditionModel.from_pretrained` reads into the pipeline; it changes the output."""
+    from diffusers import UNet2DConditionModel
+
+    from shapesworld.pipelines import load_pipeline
+
+    out = tmp_path / "full"
+    (summary,) = _run(
+        _accelerate(GRPO, "--output-dir", str(out), "--rounds", "1", "--train", "full", *TINY)
+    )
+    assert summary["rounds_done"] == 1
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["kl"] >= 0
+    pipe = load_pipeline()
+    g = torch.Generator().manual_seed(0)
+    plain = pipe("a red circle", num_inference_steps=3, generator=g, output_type="pt").images
+    pipe.unet = UNet2DConditionModel.from_pretrained(out / "unet")  # stock diffusers only
+    g = torch.Generator().manual_seed(0)
+    tuned = pipe("a red circle", num_inference_steps=3, generator=g, output_type="pt").images
+    assert not torch.allclose(tuned, plain, atol=1e-5)
+
+
+def test_a_bad_train_mode_is_one_line():
+    proc = subprocess.run(
+        [sys.executable, str(FILTERED), "--train", "everything"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "finetune_reward_filtered.py: error: --train must be one of ('lora', 'full'), got "
+        "'everything'"
+    ]
+
+
+@pytest.mark.slow
+def test_the_readmes_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's library example (`run_rounds` on a pipeline object with a validator)
+    runs as written and leaves what its last comment promises."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**The trainer is a library**")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    best = json.loads((tmp_path / "runs" / "mine" / "best.json").read_text())
+    assert best["round"] in (-1, 0, 1)
+    from shapesworld.pipelines import load_pipeline
+
+    load_pipeline().load_lora_weights(str(tmp_path / "runs" / "mine" / "best"))

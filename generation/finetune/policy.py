@@ -1,13 +1,15 @@
 """The policy-gradient objective the online recipes share (DDPO, and GRPO with a KL anchor):
 PPO's clipped ratio on one recorded denoising step of a minibatch, plus `kl` times the KL of
 the current policy's step to the frozen base policy's on the same latent (the LoRA adapters
-switched off), so the model is held near the base while it climbs the reward."""
+switched off, or the frozen copy of a fully trained UNet), so the model is held near the base
+while it climbs the reward."""
 
 from __future__ import annotations
 
 import torch
 
 from .sampler import ddim_scheduler, ddim_step_logprob, ddim_step_mean, guided_eps, step_kl
+from .trainable import reference_policy
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
@@ -36,17 +38,12 @@ def policy_objective(pipe, got, gen: torch.Generator, cfg, *, kl: float = 0.0):
         clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
         loss = torch.maximum(-a * ratio, -a * clipped).mean()
         if kl > 0:
-            base = getattr(unet, "module", unet)  # the DDP-wrapped UNet's own module
-            with torch.no_grad():
-                base.disable_adapters()
-                try:
-                    eps_ref = guided_eps(base, x, t, emb, cfg.guidance)
-                finally:
-                    base.enable_adapters()
+            with torch.no_grad(), reference_policy(unet) as base:
+                eps_ref = guided_eps(base, x, t, emb, cfg.guidance)
             mean, std = ddim_step_mean(sched, eps, t, x, cfg.eta)
             mean_ref, _ = ddim_step_mean(sched, eps_ref, t, x, cfg.eta)
             d = step_kl(mean, mean_ref, std).mean()
-            loss_fn.kl.append(float(d))
+            loss_fn.kl.append(float(d.detach()))
             loss = loss + kl * d
         return loss
 

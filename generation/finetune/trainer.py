@@ -1,8 +1,11 @@
-"""The round loop every LoRA recipe shares: collect images to learn from, take denoising steps
-on them, checkpoint; data parallel through accelerate, resumable to the same result.
+"""The round loop every fine-tuning recipe shares: collect images to learn from, take
+optimizer steps on them, validate, checkpoint; data parallel through accelerate, resumable to
+the same result.
 
-A recipe supplies only `collect(pipe, prompts, seeds) -> Collected`: which images of the
-round's prompts to learn from (best-of-N by a reward, the feedback loop's fixed images, ...).
+It is a library: `run_rounds` takes a diffusers pipeline (or what loads one), a prompt source
+and the recipe's `collect(pipe, prompts, seeds) -> Collected` (which images of the round's
+prompts to learn from: best-of-N by a reward, the feedback loop's fixed images, ...), and
+loads nothing of ShapesWorld's; the recipes under `recipes/` wire ShapesWorld in.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .anchors import AnchorSource, folder_anchors, with_anchors
-from .lora import add_unet_lora, lora_digest, save_lora
 from .ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, Range, check_ranges
 from .rounds import denoising_loss, encode_images, training_scheduler
+from .trainable import MODES, make_trainable, save_trained, trained_digest
+from .validation import Validator
 
 
 @dataclass
@@ -31,6 +35,8 @@ class RoundsConfig:
 
     output_dir: str = "runs/finetune"
     pipeline: str = "shapes-sd-tiny"
+    """The pipeline to fine-tune: a diffusers folder or model id (the ShapesWorld recipes also
+    take a shipped name)."""
     detector: str = "shapes-tiny-gen"
     """The CLIP4DM detector (and its loop eps from the pipeline card)."""
     rounds: int = 12
@@ -43,6 +49,10 @@ class RoundsConfig:
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     lr: float = 3e-4
+    train: str = "lora"
+    """What is trained: lora (adapters of rank `rank` on the UNet's attention, saved as
+    OUTPUT/lora for `pipe.load_lora_weights`) or full (every UNet weight, saved as the diffusers
+    UNet folder OUTPUT/unet)."""
     rank: int = 8
     """LoRA rank."""
     sample_steps: int = 20
@@ -63,7 +73,17 @@ class RoundsConfig:
     """A folder of anchor images, each with a same-stem .txt caption; empty = the recipe's
     own anchors (ShapesWorld renders)."""
 
+    val_every: int = 0
+    """Validate every this many rounds (the base before training, and the last round too) on
+    the recipe's validation prompts and keep the best in OUTPUT/best (early stopping: the
+    result is the best validated round, not the last); 0 = no validation."""
+    val_prompts: int = 64
+    """Validation prompts (one image each, fixed seeds; a split no training or test prompt
+    comes from)."""
+
     RANGES: ClassVar[dict] = {
+        "val_every": NONNEG_INT,
+        "val_prompts": COUNT,
         "rounds": COUNT,
         "prompts_per_round": COUNT,
         "images_per_prompt": COUNT,
@@ -82,9 +102,16 @@ class RoundsConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        if self.train not in MODES:
+            raise ValueError(f"--train must be one of {MODES}, got {self.train!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def result_name(self) -> str:
+        """The folder under `output_dir` holding the last round's weights."""
+        return "lora" if self.train == "lora" else "unet"
 
 
 @dataclass
@@ -120,6 +147,46 @@ def _logged_round(line: str) -> float:
         return json.loads(line)["round"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
+
+
+def _trim_log(path: Path, start: int) -> list[dict]:
+    """Keep only the lines of rounds before `start` (the rounds the checkpoint holds: a kill
+    between a round's log line and its checkpoint runs that round again; a line cut short by
+    the kill is dropped too) and return them."""
+    if not path.is_file():
+        return []
+    kept = [x for x in path.read_text().splitlines() if _logged_round(x) < start]
+    path.write_text("".join(x + "\n" for x in kept))
+    return [json.loads(x) for x in kept]
+
+
+def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
+    """The pipeline to train: `pipeline` itself (moved to `device`), what `pipeline(device)`
+    returns, or `DiffusionPipeline.from_pretrained(cfg.pipeline)`. Only pipelines whose
+    denoiser is a UNet conditioned on one text encoder (SD 1.x/2.x) are trained; anything else
+    is refused naming its family."""
+    from generation.adapters import adapter_for
+
+    if pipeline is None:
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(cfg.pipeline)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--pipeline {cfg.pipeline!r} does not load: {e}") from None
+    elif callable(pipeline) and not hasattr(pipeline, "components"):
+        pipe = pipeline(str(device))
+    else:
+        pipe = pipeline
+    pipe = pipe.to(device=device, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    family = adapter_for(pipe)
+    if family.family != "sd":
+        raise ValueError(
+            f"the fine-tuning recipes train SD 1.x/2.x pipelines (a UNet on one CLIP text "
+            f"encoder); {type(pipe).__name__} is {family.title}"
+        )
+    return pipe
 
 
 def _image_size(pipe) -> tuple[int, int]:
@@ -160,33 +227,43 @@ def run_rounds(
     name: str = "finetune",
     objective: Callable = denoising_objective,
     anchors: AnchorSource | None = None,
+    *,
+    pipeline=None,
+    validate: Validator | None = None,
 ) -> dict:
     """Run `cfg.rounds` rounds (from the checkpoint with `cfg.resume`).
 
     collect(pipe, prompts, seeds): the round's images to learn from (seeds: one per image the
         round may generate, `images_per_prompt` per prompt, prompt-major).
-    prompts_for(round, process_index): that process's training prompts for the round.
+    prompts_for(round, process_index): that process's training prompts for the round (the
+        prompt source).
     objective(pipe, collected, generator, cfg) -> (n_items, loss_fn(unet, idx)): what the
         optimizer steps minimize on random minibatches of the round's items (default:
         denoising).
     anchors(n, rng) -> (images, captions): the recipe's anchor data (`generation.finetune.
         anchors`), mixed in at `cfg.anchor_fraction` (`cfg.anchor_dir` overrides it).
-    Returns the last round's log record with the run's `lora_digest`.
+    pipeline: a diffusers pipeline, a function of the device that returns one, or None for
+        `DiffusionPipeline.from_pretrained(cfg.pipeline)`.
+    validate(pipe) -> score (higher is better; `generation.finetune.reward_validator`): run by
+        the main process on the base and every `cfg.val_every` rounds; the best round's weights
+        are kept in OUTPUT/best and each score in OUTPUT/validation.jsonl.
+    Returns the last round's log record with the run's `lora_digest` (the digest of whatever
+    was trained), and with validation `best_round` (-1: the base) and `best_val`.
     """
     from accelerate import Accelerator
-
-    from shapesworld.pipelines import load_pipeline
 
     torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
     )
+    if cfg.val_every and validate is None:
+        raise ValueError("--val-every needs validation prompts: this recipe has no validator")
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    pipe = load_pipeline(cfg.pipeline, device=str(accelerator.device))
+    pipe = load_pipeline_for(pipeline, cfg, accelerator.device)
     if cfg.anchor_dir:
         anchors = folder_anchors(cfg.anchor_dir, _image_size(pipe))
     if cfg.anchor_fraction > 0 and anchors is None:
@@ -194,7 +271,7 @@ def run_rounds(
             "--anchor-fraction > 0 needs anchor data: pass --anchor-dir (images with .txt "
             "captions) or use a recipe that provides its own"
         )
-    params = add_unet_lora(pipe.unet, rank=cfg.rank, seed=cfg.seed)
+    params = make_trainable(pipe.unet, cfg.train, rank=cfg.rank, seed=cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     # Training forwards go through the prepared module (DDP averages gradients there); the
     # pipeline samples with the same parameters through `pipe.unet`.
@@ -205,17 +282,32 @@ def run_rounds(
         accelerator.load_state(str(ckpt))
         start = json.loads((ckpt / "round.json").read_text())["next_round"]
     rank, world = accelerator.process_index, accelerator.num_processes
-    log_path = out / "log.jsonl"
-    if accelerator.is_main_process and log_path.is_file():
-        # Rounds logged after the checkpoint (a kill between a round's log line and its
-        # checkpoint) are run again: keep only the log of the rounds the checkpoint holds.
-        # (A line cut short by the kill is dropped too.)
-        kept = [x for x in log_path.read_text().splitlines() if _logged_round(x) < start]
-        log_path.write_text("".join(x + "\n" for x in kept))
-    log = open(log_path, "a") if accelerator.is_main_process else None
+    main = accelerator.is_main_process
+    log_path, val_path = out / "log.jsonl", out / "validation.jsonl"
+    vals: list[dict] = []
+    if main:
+        _trim_log(log_path, start)
+        vals = _trim_log(val_path, start)
+    log = open(log_path, "a") if main else None
+
+    def validation(r: int) -> dict:
+        """Validate after round r (-1: the base), keep the weights if they are the best yet."""
+        pipe.unet.eval()
+        score = float(validate(pipe))
+        best = not vals or score > max(v["val"] for v in vals)  # ties keep the earlier round
+        rec = {"round": r, "val": score, "best": best}
+        vals.append(rec)
+        if best:
+            save_trained(accelerator.unwrap_model(unet), cfg.train, out / "best")
+            (out / "best.json").write_text(json.dumps(rec))
+        with open(val_path, "a") as f:  # after the weights: a kill in between re-validates
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+    if main and validate is not None and cfg.val_every and not vals:
+        validation(-1)
     n_img = cfg.prompts_per_round * cfg.images_per_prompt
     rec: dict = {}
-    main = accelerator.is_main_process
     for r in tqdm(range(start, cfg.rounds), desc=name, disable=not main):
         t0 = time.perf_counter()
         # Every random draw is seeded by (seed, round, process): a resumed run repeats exactly.
@@ -251,16 +343,25 @@ def run_rounds(
             **({"kl": float(np.mean(loss_fn.kl))} if getattr(loss_fn, "kl", None) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        due = cfg.val_every and ((r + 1) % cfg.val_every == 0 or r + 1 == cfg.rounds)
+        if main and validate is not None and due:
+            rec["val"] = validation(r)["val"]
+            rec["seconds"] = round(time.perf_counter() - t0, 2)  # validation included
         if main:  # the log line first: a kill before the checkpoint only repeats the round
             log.write(json.dumps(rec) + "\n")
             log.flush()
         _save_checkpoint(accelerator, out, r + 1)
         if main:
-            save_lora(accelerator.unwrap_model(unet), out / "lora")
+            save_trained(accelerator.unwrap_model(unet), cfg.train, out / cfg.result_name)
+    if log is not None:
+        log.close()
     rec.update(
         process_index=rank,
         num_processes=world,
         rounds_done=cfg.rounds,
-        lora_digest=lora_digest(accelerator.unwrap_model(unet)),
+        lora_digest=trained_digest(accelerator.unwrap_model(unet), cfg.train),
     )
+    if vals:
+        best = max(vals, key=lambda v: (v["val"], -v["round"]))
+        rec.update(best_round=best["round"], best_val=best["val"])
     return rec
