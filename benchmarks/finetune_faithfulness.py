@@ -155,7 +155,16 @@ def plot(path: Path, table: dict, logs: dict) -> None:
     }
     if any(_unit(n) == "relabel" for n in logs):
         labels["relabel"] = "relabel: share of images kept with a caption"
-    fig, ax = plt.subplots(1, 1 + len(labels), figsize=(4.5 * (1 + len(labels)), 4))
+    labels = {k: v for k, v in labels.items() if any(_unit(n) == k for n in logs)}
+    # per-round quantities some recipes log: one panel each, every recipe that logs it
+    logged = {
+        "kl": "per-step KL to the base policy (GRPO)",
+        "anchor_share": "anchor share of the denoising examples",
+        "val": "validation: share of validation prompts right",
+    }
+    logged = {k: v for k, v in logged.items() if any(k in x for log in logs.values() for x in log)}
+    n = 1 + len(labels) + len(logged)
+    fig, ax = plt.subplots(1, n, figsize=(4.5 * n, 4))
     names = list(table)
     y = np.arange(len(names))
     two = [100 * table[n]["two_object"] for n in names]
@@ -178,6 +187,15 @@ def plot(path: Path, table: dict, logs: dict) -> None:
         a.set(xlabel="round", ylabel=labels[unit])
         if a.lines:
             a.legend(fontsize=7)
+    for a, key in zip(ax[1 + len(labels) :], logged):
+        for name, log in logs.items():
+            pts = [(x["round"], x[key]) for x in log if x.get(key) is not None]
+            if pts:
+                a.plot(*zip(*pts), marker="o" if key == "val" else None, ms=3, label=name)
+        a.set(xlabel="round", ylabel=logged[key])
+        if key == "kl":
+            a.set_yscale("log")
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"\ncurves: {path}")
