@@ -89,11 +89,18 @@ def test_recipe_smoke_lora_loads_into_stock_pipeline(recipe, tmp_path):
 def test_recipe_two_ranks_stay_identical(recipe, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(RECIPES[recipe]), "--output-dir", str(tmp_path / "ddp"), "--rounds", "2", *TINY]
+    validated = recipe == "grpo"  # validation runs on rank 0 while rank 1 waits
+    if validated:
+        cmd += ["--val-every", "1", "--val-prompts", "2"]
     runs = _run(cmd)
     assert sorted(r["process_index"] for r in runs) == [0, 1]
     assert all(r["num_processes"] == 2 for r in runs)
     # different prompts per rank, averaged gradients: the same LoRA on both
     assert runs[0]["lora_digest"] == runs[1]["lora_digest"]
+    if validated:
+        vals = (tmp_path / "ddp" / "validation.jsonl").read_text().splitlines()
+        assert [json.loads(x)["round"] for x in vals] == [-1, 0, 1]
+        assert (tmp_path / "ddp" / "best" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.slow
