@@ -71,6 +71,8 @@ RECIPES = {
     "GRPO (KL 0.1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), CLIPScore (twin)": ("grpo", {"reward": "clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), oracle (ceiling)": ("grpo", {"reward": "oracle", "kl": 0.1}),
+    # the control: continued training on rendered scenes alone, no sample generated
+    "anchors only (control: more training, no feedback)": ("anchors", {}),
     # the KL weight's sweep (0 is DDPO)
     "GRPO (KL 0.01), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.01}),
     "GRPO (KL 1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 1.0}),
@@ -118,7 +120,9 @@ def held_out(cache: Path, key: str, make_pipe, held: dict) -> dict[int, np.ndarr
 
 def _unit(name: str) -> str:
     """What a recipe's logged reward measures (loop distillation logs FeedbackReward's)."""
-    extra = RECIPES[name][1]
+    kind, extra = RECIPES[name]
+    if kind == "anchors":
+        return "none"
     if "relabel_by" in extra:
         return "relabel"
     return extra.get("reward", "f_clip_score")
@@ -213,6 +217,8 @@ def main():
     from loop_faithfulness import bootstrap_diff  # this folder is on sys.path
 
     from generation.finetune import load_trained
+    from recipes.finetune_anchors_only import AnchorsOnlyConfig
+    from recipes.finetune_anchors_only import main as anchors_only
     from recipes.finetune_ddpo import DDPOConfig
     from recipes.finetune_ddpo import main as ddpo
     from recipes.finetune_grpo import GRPOConfig
@@ -284,6 +290,7 @@ def main():
             "distill": (distill, DistillConfig),
             "relabel": (relabel, RelabelConfig),
             "grpo": (grpo, GRPOConfig),
+            "anchors": (anchors_only, AnchorsOnlyConfig),
         }[kind]
         if kind == "filtered":
             extra = {"keep_fraction": args.keep_fraction, **extra}

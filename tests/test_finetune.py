@@ -21,6 +21,7 @@ DISTILL = ROOT / "recipes" / "finetune_loop_distill.py"
 DDPO = ROOT / "recipes" / "finetune_ddpo.py"
 RELABEL = ROOT / "recipes" / "finetune_relabel.py"
 GRPO = ROOT / "recipes" / "finetune_grpo.py"
+ANCHORS_ONLY = ROOT / "recipes" / "finetune_anchors_only.py"
 RECIPES = {
     "reward-filtered": FILTERED,
     "loop-distill": DISTILL,
@@ -602,3 +603,24 @@ def test_the_readmes_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
     from shapesworld.pipelines import load_pipeline
 
     load_pipeline().load_lora_weights(str(tmp_path / "runs" / "mine" / "best"))
+
+
+@pytest.mark.slow
+def test_the_anchors_only_control_trains_on_anchors_and_generates_nothing(tmp_path):
+    """The control recipe: each round learns from `--anchors-per-round` rendered pairs, makes
+    no image, and still writes a LoRA stock diffusers loads that changes the output."""
+    out = tmp_path / "anchors"
+    args = ["--output-dir", str(out), "--rounds", "2", *TINY, "--anchors-per-round", "3"]
+    (summary,) = _run(_accelerate(ANCHORS_ONLY, *args))
+    assert summary["rounds_done"] == 2
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["kept"], r["generated"], r["anchors"]) for r in log] == [(3, 0, 0)] * 2
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline()
+    g = torch.Generator().manual_seed(0)
+    plain = pipe("a red circle", num_inference_steps=3, generator=g, output_type="pt").images
+    pipe.load_lora_weights(str(out / "lora"))
+    g = torch.Generator().manual_seed(0)
+    tuned = pipe("a red circle", num_inference_steps=3, generator=g, output_type="pt").images
+    assert not torch.allclose(tuned, plain, atol=1e-4)
