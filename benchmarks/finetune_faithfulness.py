@@ -131,11 +131,9 @@ def _unit(name: str) -> str:
 def compute(log: list[dict], args) -> dict:
     """What a row cost: images generated for training (+ one per validation prompt and
     validation), optimizer steps, and minutes of its rounds (validation included)."""
-    from generation.finetune import RoundsConfig
-
     n_val = sum(1 for x in log if "val" in x) + (1 if args.val_every else 0)  # + the base
     return {
-        "images": int(sum(x["generated"] for x in log)) + RoundsConfig.val_prompts * n_val,
+        "images": int(sum(x["generated"] for x in log)) + args.val_prompts * n_val,
         "optimizer_steps": args.steps * len(log),
         "minutes": round(sum(x["seconds"] for x in log) / 60, 2),
     }
@@ -248,6 +246,7 @@ def main():
         help="validate every K rounds on the recipes' validation prompts (oracle-judged) and "
         "judge the best validated round on the test prompts (0: the last round)",
     )
+    p.add_argument("--val-prompts", type=int, default=256, help="validation prompts")
     p.add_argument(
         "--keep-fraction", type=float, default=0.5, help="reward-filtered: top share of bests"
     )
@@ -282,6 +281,7 @@ def main():
             batch_size=args.batch_size,
             train=args.train,
             val_every=args.val_every,
+            val_prompts=args.val_prompts,
             **({"lr": args.lr} if args.lr is not None else {}),
         )
         train, config = {
@@ -313,7 +313,11 @@ def main():
     print(
         f"\nFine-tuning on ShapesWorld ({args.train}): {args.rounds} rounds x {args.prompts} "
         f"prompts x {args.images} images, {args.steps} steps of {args.batch_size} per round"
-        + (f", validated every {args.val_every} rounds" if args.val_every else "")
+        + (
+            f", validated every {args.val_every} rounds on {args.val_prompts} prompts"
+            if args.val_every
+            else ""
+        )
         + f"; {args.n} held-out prompts per "
         "kind, one image each, oracle-judged (%); differences are two-object, paired, with a "
         "bootstrap 95% interval\n"

@@ -77,9 +77,10 @@ class RoundsConfig:
     """Validate every this many rounds (the base before training, and the last round too) on
     the recipe's validation prompts and keep the best in OUTPUT/best (early stopping: the
     result is the best validated round, not the last); 0 = no validation."""
-    val_prompts: int = 64
+    val_prompts: int = 256
     """Validation prompts (one image each, fixed seeds; a split no training or test prompt
-    comes from)."""
+    comes from). Fewer is noisy: at 64 on ShapesWorld one prompt is 1.6 points, and the best
+    of five validations picked a round 5.3 points below the base on the test prompts."""
 
     RANGES: ClassVar[dict] = {
         "val_every": NONNEG_INT,
