@@ -179,14 +179,15 @@ def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
         pipe = pipeline(str(device))
     else:
         pipe = pipeline
-    pipe = pipe.to(device=device, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    family = adapter_for(pipe)
+    family = adapter_for(pipe)  # refused before anything is moved or trained
     if family.family != "sd":
         raise ValueError(
             f"the fine-tuning recipes train SD 1.x/2.x pipelines (a UNet on one CLIP text "
             f"encoder); {type(pipe).__name__} is {family.title}"
         )
+    # fp32 weights to train (mixed precision comes from `accelerate launch`)
+    pipe = pipe.to(device=device, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
