@@ -51,6 +51,15 @@ def _lora(path):
     return load_file(Path(path) / "pytorch_lora_weights.safetensors")
 
 
+def _weights(out, train):
+    """A recipe's trained weights: its LoRA, or its whole UNet's."""
+    from safetensors.torch import load_file
+
+    if train == "lora":
+        return _lora(out / "lora")
+    return load_file(Path(out) / "unet" / "diffusion_pytorch_model.safetensors")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_smoke_lora_loads_into_stock_pipeline(recipe, tmp_path):
@@ -106,11 +115,13 @@ def test_recipe_two_ranks_stay_identical(recipe, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "script", [FILTERED, RELABEL, GRPO], ids=["reward-filtered", "relabel", "grpo"]
+    "script,train",
+    [(FILTERED, "lora"), (RELABEL, "lora"), (GRPO, "lora"), (GRPO, "full")],
+    ids=["reward-filtered", "relabel", "grpo", "grpo-whole-unet"],
 )
-def test_a_recipe_resumes_after_sigkill_to_the_same_lora(tmp_path, script):
+def test_a_recipe_resumes_after_sigkill_to_the_same_lora(tmp_path, script, train):
     FILTERED = script  # noqa: N806 - the same test body for each recipe
-    rounds = ["--rounds", "6"]
+    rounds = ["--rounds", "6", "--train", train]
     straight = tmp_path / "straight"
     _run(_accelerate(FILTERED, "--output-dir", str(straight), *rounds, *TINY))
 
@@ -131,7 +142,7 @@ def test_a_recipe_resumes_after_sigkill_to_the_same_lora(tmp_path, script):
     done = json.loads(marker.read_text())["next_round"]
     assert 1 <= done < 6, "the kill came after the run had finished"
     _run(_accelerate(FILTERED, "--output-dir", str(killed), *rounds, *TINY, "--resume"))
-    a, b = _lora(straight / "lora"), _lora(killed / "lora")
+    a, b = _weights(straight, train), _weights(killed, train)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the log holds every round once, as the uninterrupted run's does
     logs = [
