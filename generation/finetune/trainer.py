@@ -185,8 +185,10 @@ def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
             f"the fine-tuning recipes train SD 1.x/2.x pipelines (a UNet on one CLIP text "
             f"encoder); {type(pipe).__name__} is {family.title}"
         )
-    # fp32 weights to train (mixed precision comes from `accelerate launch`)
-    pipe = pipe.to(device=device, dtype=torch.float32)
+    # fp32 weights to train (mixed precision comes from `accelerate launch`); a pipeline
+    # already there is not moved again (diffusers warns on every such move)
+    if pipe.dtype != torch.float32 or pipe.device != torch.device(device):
+        pipe = pipe.to(device=device, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
