@@ -205,10 +205,9 @@ def plot(path: Path, table: dict, logs: dict) -> None:
 
 def _weights_key(folder: Path) -> str:
     """A hash of a recipe's result: its LoRA file or its UNet's weights."""
-    f = folder / "pytorch_lora_weights.safetensors"
-    if not f.is_file():
-        f = folder / "diffusion_pytorch_model.safetensors"
-    return hashlib.sha256(f.read_bytes()).hexdigest()
+    from generation.finetune.trainable import trained_weights_file
+
+    return hashlib.sha256(trained_weights_file(folder).read_bytes()).hexdigest()
 
 
 def main():
@@ -294,10 +293,11 @@ def main():
         }[kind]
         if kind == "filtered":
             extra = {"keep_fraction": args.keep_fraction, **extra}
-        train(config(**common, **extra))
+        cfg = config(**common, **extra)
+        train(cfg)
 
         # the best validated round (model selection on the validation split), else the last
-        result = run / ("best" if args.val_every else ("lora" if args.train == "lora" else "unet"))
+        result = run / ("best" if args.val_every else cfg.result_name)
 
         def tuned(result=result):
             return load_trained(load_pipeline(), result)

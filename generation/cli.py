@@ -280,19 +280,17 @@ def with_lora(pipe, lora: str | None, pipeline: str):
     from shapesworld.pipelines import lora_path, shipped_loras
 
     folder = lora_path(lora, pipeline) if pipeline == SHIPPED_PIPELINE else None
+    from generation.finetune import load_trained
+    from generation.finetune.trainable import trained_weights_file
+
     folder = folder or Path(lora).expanduser()
-    is_unet = (folder / "config.json").is_file() and (
-        folder / "diffusion_pytorch_model.safetensors"
-    ).is_file()
-    if not (folder / "pytorch_lora_weights.safetensors").is_file() and not is_unet:
+    if trained_weights_file(folder) is None:
         names = ", ".join(shipped_loras()) or "none shipped"
         raise ModelLoadError(
             f"--lora {lora}: neither a shipped LoRA ({names}) nor a folder holding "
             "pytorch_lora_weights.safetensors (or a recipe's whole-UNet result)"
         )
     try:
-        from generation.finetune import load_trained
-
         load_trained(pipe, folder)  # stock load_lora_weights, or a stock UNet folder
     except Exception as e:  # diffusers/peft raise many kinds; one line naming the LoRA
         raise ModelLoadError(f"--lora {lora}: could not load it: {str(e)[:200]}") from None

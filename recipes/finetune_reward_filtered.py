@@ -29,7 +29,7 @@ import torch
 from generation.finetune import Collected, RoundsConfig, sample_round
 from generation.finetune.ranges import Range
 from recipes.cli import parse_config, run_recipe
-from recipes.shapes_rounds import run_shapes_rounds
+from recipes.shapes_rounds import oracle_verdicts, run_shapes_rounds
 from shapesworld.pipelines import loop_threshold
 
 REWARDS = ("f_clip_score", "clip_score", "oracle", "oracle_dense")
@@ -86,8 +86,7 @@ def make_reward(detector: str, which: str, device):
             return rewards
         clip = info.output.clip_score
         if which == "oracle":
-            ok = [judge_tensor(im, p).all_correct for im, p in zip(images, prompts)]
-            return torch.tensor(ok, dtype=clip.dtype, device=clip.device) + CLIP_TIE_BREAK * clip
+            return oracle_verdicts(images, prompts).to(clip) + CLIP_TIE_BREAK * clip
         if which == "oracle_dense":  # the share of the prompt's judged words the image gets right
             share = []
             for im, p in zip(images, prompts):

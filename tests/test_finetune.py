@@ -380,38 +380,13 @@ def test_relabel_keeps_aligned_prompts_and_its_twin_takes_the_best_clipscore(tin
         relabel(lax, x, prompts, CLASSES, by="oracle")
 
 
-def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_lora():
-    """The KL anchor compares the current policy's step with the base's (LoRA off) on the same
-    latent: exactly 0 while the LoRA is the identity, > 0 once it moves."""
+@pytest.mark.parametrize("mode,step", [("lora", 0.05), ("full", 0.01)])
+def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_trained_weights(mode, step):
+    """The KL anchor compares the current policy's step with the base's on the same latent:
+    the UNet with its LoRA off, or (whole UNet trained) a frozen copy kept outside the module.
+    Exactly 0 while nothing has moved, > 0 once the weights move, and the copy never moves."""
     import torch
 
-    from generation.finetune import Collected
-    from generation.finetune.lora import add_unet_lora
-    from generation.finetune.policy import group_advantages, policy_objective
-    from generation.finetune.sampler import sample_with_logprob
-    from recipes.finetune_grpo import GRPOConfig
-    from shapesworld.pipelines import load_pipeline
-
-    pipe = load_pipeline()
-    params = add_unet_lora(pipe.unet, rank=4, seed=0)
-    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2)
-    tr = sample_with_logprob(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=3)
-    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
-    assert adv.tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
-    got = Collected(tr.images, ["a red circle"] * 2, 0.5, 0.5, 2, (tr, adv))
-    n, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg, kl=0.1)
-    loss_fn(pipe.unet, torch.arange(2))
-    assert loss_fn.kl == [0.0]
-    with torch.no_grad():
-        for p in params:
-            p.add_(0.05 * torch.randn_like(p))
-    loss_fn(pipe.unet, torch.arange(2))
-    assert loss_fn.kl[-1] > 0
-
-
-def test_grpo_kl_with_the_whole_unet_trained_is_to_a_frozen_copy():
-    """Full fine-tuning keeps a frozen copy of the base as the KL anchor (no adapters to
-    switch off): 0 at the start, > 0 once the weights move, and the copy never moves."""
     from generation.finetune import Collected, make_trainable
     from generation.finetune.policy import group_advantages, policy_objective
     from generation.finetune.sampler import sample_with_logprob
@@ -420,31 +395,29 @@ def test_grpo_kl_with_the_whole_unet_trained_is_to_a_frozen_copy():
     from shapesworld.pipelines import load_pipeline
 
     pipe = load_pipeline()
-    params = make_trainable(pipe.unet, "full")
-    assert len(params) == len(list(pipe.unet.parameters())) and all(p.requires_grad for p in params)
-    ref = _REFERENCES[pipe.unet]
-    assert not any(p.requires_grad for p in ref.parameters())
-    assert "_REFERENCES" not in str(list(pipe.unet.state_dict()))  # not a submodule
-    frozen = {k: v.clone() for k, v in ref.state_dict().items()}
-    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2, train="full")
+    params = make_trainable(pipe.unet, mode, rank=4, seed=0)
+    if mode == "full":
+        assert len(params) == len(list(pipe.unet.parameters()))
+        assert all(p.requires_grad for p in params)
+        ref = _REFERENCES[pipe.unet]
+        assert not any(p.requires_grad for p in ref.parameters())
+        assert "_REFERENCES" not in str(list(pipe.unet.state_dict()))  # not a submodule
+        frozen = {k: v.clone() for k, v in ref.state_dict().items()}
+    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2, train=mode)
     tr = sample_with_logprob(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=3)
-    got = Collected(
-        tr.images,
-        ["a red circle"] * 2,
-        0.5,
-        0.5,
-        2,
-        (tr, group_advantages(torch.tensor([1.0, 0.0]), 2)),
-    )
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    assert adv.tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
+    got = Collected(tr.images, ["a red circle"] * 2, 0.5, 0.5, 2, (tr, adv))
     _, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg, kl=0.1)
     loss_fn(pipe.unet, torch.arange(2))
     assert loss_fn.kl == [0.0]
     with torch.no_grad():
         for p in params:
-            p.add_(0.01 * torch.randn_like(p))
+            p.add_(step * torch.randn_like(p))
     loss_fn(pipe.unet, torch.arange(2))
     assert loss_fn.kl[-1] > 0
-    assert all(torch.equal(frozen[k], v) for k, v in ref.state_dict().items())
+    if mode == "full":
+        assert all(torch.equal(frozen[k], v) for k, v in ref.state_dict().items())
 
 
 def test_the_trainer_imports_nothing_from_shapesworld():

@@ -44,15 +44,20 @@ def lora_state(unet) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def lora_digest(unet) -> str:
-    """A short hash of the adapter's weights (ranks of one data-parallel run must agree)."""
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of named weights (ranks of one data-parallel run must agree)."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, t in sorted(lora_state(unet).items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def lora_digest(unet) -> str:
+    """A short hash of the adapter's weights."""
+    return state_digest(lora_state(unet))
 
 
 def save_lora(unet, directory: str | Path) -> Path:

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .lora import add_unet_lora, lora_state, save_lora
+from .lora import add_unet_lora, lora_state, save_lora, state_digest
 
 MODES = ("lora", "full")
 #: The frozen copy of each fully trained UNet (kept outside the module, so it is neither a
@@ -45,11 +44,7 @@ def trained_state(unet, mode: str) -> dict[str, torch.Tensor]:
 
 def trained_digest(unet, mode: str = "lora") -> str:
     """A short hash of the trained weights (ranks of one data-parallel run must agree)."""
-    h = hashlib.sha256()
-    for name, t in sorted(trained_state(unet, mode).items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return state_digest(trained_state(unet, mode))
 
 
 def save_trained(unet, mode: str, directory: str | Path) -> Path:
@@ -68,14 +63,29 @@ def save_trained(unet, mode: str, directory: str | Path) -> Path:
     return directory
 
 
+def trained_weights_file(directory: str | Path) -> Path | None:
+    """The weights file of a recipe's result folder: its LoRA
+    (`pytorch_lora_weights.safetensors`) or its UNet's (`diffusion_pytorch_model.safetensors`
+    beside `config.json`); None when the folder holds neither."""
+    directory = Path(directory)
+    lora = directory / "pytorch_lora_weights.safetensors"
+    if lora.is_file():
+        return lora
+    unet = directory / "diffusion_pytorch_model.safetensors"
+    if unet.is_file() and (directory / "config.json").is_file():
+        return unet
+    return None
+
+
 def load_trained(pipe, directory: str | Path):
     """Load a recipe's result into `pipe` with stock diffusers: a LoRA folder through
     `load_lora_weights`, a UNet folder through `UNet2DConditionModel.from_pretrained`."""
     directory = Path(directory)
-    if (directory / "pytorch_lora_weights.safetensors").is_file():
+    weights = trained_weights_file(directory)
+    if weights is not None and weights.name == "pytorch_lora_weights.safetensors":
         pipe.load_lora_weights(str(directory))
         return pipe
-    if (directory / "config.json").is_file():
+    if weights is not None:
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(directory)
@@ -83,7 +93,7 @@ def load_trained(pipe, directory: str | Path):
         return pipe
     raise FileNotFoundError(
         f"{directory} holds neither a LoRA (pytorch_lora_weights.safetensors) nor a UNet "
-        "folder (config.json)"
+        "folder (config.json + diffusion_pytorch_model.safetensors)"
     )
 
 

@@ -308,7 +308,7 @@ def run_rounds(
             f.write(json.dumps(rec) + "\n")
         return rec
 
-    if main and validate is not None and cfg.val_every and not vals:
+    if main and cfg.val_every and not vals:  # (val_every without a validator raised above)
         validation(-1)
     n_img = cfg.prompts_per_round * cfg.images_per_prompt
     rec: dict = {}
@@ -348,7 +348,7 @@ def run_rounds(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         due = cfg.val_every and ((r + 1) % cfg.val_every == 0 or r + 1 == cfg.rounds)
-        if main and validate is not None and due:
+        if main and due:
             rec["val"] = validation(r)["val"]
             rec["seconds"] = round(time.perf_counter() - t0, 2)  # validation included
         if main:  # the log line first: a kill before the checkpoint only repeats the round
