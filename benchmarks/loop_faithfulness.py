@@ -2,18 +2,23 @@
 oracle on held-out prompts, every strategy at the same image budget per prompt.
 
     python benchmarks/loop_faithfulness.py [--n 300] [--budget 4] [--ae-n 60] \
-        [--detector shapes-tiny-gen] [--json out.json]
+        [--detector shapes-tiny-gen2] [--verifier auto|none|CARD] [--json out.json]
 
-Strategies (shipped `shapes-sd-tiny`, the detector at the eps the pipeline's card calibrated
-for it on generated images; prompt i uses seeds 1000 i, 1000 i + 1, ... so every strategy
-starts from the same first image): single sample; best-of-N by CLIPScore (what people do
-today) and by F-CLIPScore; the re-weighting loop; per-phrase guidance (the object phrase
-holding a flagged word gets its own guidance term); each fix after 2 plain samples; each
-without the early stop; automatic Attend-and-Excite (first --ae-n prompts, it is slow); and as
-ceilings the same loops driven by the oracle's own word verdicts, and "any of the N plain
-samples is right". Reports whole-prompt satisfaction per prompt kind with a paired bootstrap
-95% interval against best-of-N by CLIPScore, word-kind accuracy, the detector's false alarms
-and recall per word kind on the plain samples, and the share of loop time spent on feedback.
+Strategies (shipped `shapes-sd-tiny`, the loop's detector at the eps the pipeline's card
+calibrated for it on generated images; prompt i uses seeds 1000 i, 1000 i + 1, ... so every
+strategy starts from the same first image): single sample; best-of-N by CLIPScore (what people
+do today), by F-CLIPScore (the rule without a card) and by the verifier card; resample with
+the card's stop rule; the re-weighting loop and per-phrase guidance, with the card's fix gate
+(a fix only where the card measured it beating a fresh sample, `Verifier.fix_gains`) and with
+the fix every round; each fix after 2 plain samples; automatic Attend-and-Excite (first
+--ae-n prompts, it is slow); and as ceilings the same loops driven by the oracle's own word
+verdicts (no card: the oracle's verdict is the stop), and "any of the N plain samples is
+right". `--verifier none` runs the loops as they run without a card (F-CLIPScore selection,
+stop when nothing is flagged). Reports whole-prompt satisfaction per prompt kind with a paired
+bootstrap 95% interval against best-of-N by CLIPScore (the same CLIP), word-kind accuracy, the
+verifier's AUC right-vs-wrong and selection accuracy on the plain two-object samples, the
+detector's false alarms and recall per word kind on the plain samples, and the share of loop
+time spent on feedback.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from feedback import (
     sum_negative_attribution,
 )
 from generation import FeedbackPipeline, LoopConfig
+from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
     judge_tensor,
     load_pipeline,
     loop_threshold,
+    loop_verifier_path,
     prompt_set,
     word_kind_accuracy,
 )
@@ -122,6 +129,12 @@ def main():
         default=None,
         help="detector eps (default: the pipeline card's eps calibrated on generated images)",
     )
+    p.add_argument(
+        "--verifier",
+        default="auto",
+        help="verifier card for selection, stop and fix gate: auto (the pipeline's shipped "
+        "card), none, or a path",
+    )
     p.add_argument("--only", nargs="+", default=None, help="run only loops whose name has one")
     p.add_argument("--skip", nargs="+", default=None, help="skip loops whose name has one")
     p.add_argument(
@@ -136,6 +149,15 @@ def main():
     eps = args.threshold if args.threshold is not None else (cal or card)
     det = MisalignmentDetector.from_pretrained(args.detector, threshold=eps)
     print(f"detector {args.detector}, eps {eps:.5f} (detector card's eps {card:.5f})")
+    from feedback import Verifier
+
+    ver_path = loop_verifier_path() if args.verifier == "auto" else args.verifier
+    ver = None if ver_path in (None, "none") else Verifier.load(ver_path)
+    if ver is not None:
+        print(
+            f"verifier card {ver_path} (selects by {ver.select_by}, stop P >= "
+            f"{ver.stop_level:.3f}, fix gains for {sorted(ver.fix_gains) or 'no fix'})"
+        )
     oracle_det = OracleDetector(det.backend, det.config)
     prompts = prompt_set(args.n)
     n_obj = np.array([p.n_objects for p in prompts])
@@ -146,8 +168,12 @@ def main():
     clocks: dict[str, Clock] = {}
 
     # Plain samples once: single, best-of-N by CLIPScore / F-CLIPScore, any-right ceiling.
-    plain = FeedbackPipeline(pipe, det, LoopConfig(strategy="best_of_n", max_images=N))
-    rows = {k: [] for k in ("single", "bon_clip", "bon_fclip", "bon_fclip_card", "any")}
+    plain = FeedbackPipeline(
+        pipe, det, LoopConfig(strategy="best_of_n", max_images=N), verifier=ver
+    )
+    keys = ("single", "bon_clip", "bon_fclip", "bon_fclip_card", "bon_verifier", "any")
+    rows = {k: [] for k in keys if ver is not None or k != "bon_verifier"}
+    p_two, clip_two, right_two = [], [], []  # plain two-object samples, for the AUC
     jrows = {k: [] for k in ("single", "bon_clip", "bon_fclip")}
     flagged = flagged_wrong = wrong_total = wrong_caught = 0
     per_kind: dict[str, list[int]] = {}  # kind -> [right, right flagged, wrong, wrong flagged]
@@ -158,7 +184,13 @@ def main():
         js = [judge_tensor(im, pr.text) for im in rec.images]
         ok = [j.all_correct for j in js]
         ci = max(range(N), key=lambda k: (rec.reports[k].clip_score, -k))
-        fi = h.best[1]
+        fi = best_index(rec.reports)  # the rule without a card
+        if ver is not None:
+            rows["bon_verifier"].append(ok[h.best[1]])
+            if pr.n_objects == 2:
+                p_two += list(rec.p_right)
+                clip_two += [r.clip_score for r in rec.reports]
+                right_two += ok
 
         def f_at(rep, e=card):  # F-CLIPScore had the detector used the card's eps
             scores = [w.score for w in rep.words]
@@ -194,12 +226,18 @@ def main():
     def loop_cfg(strategy, **kw):
         return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
 
+    stop = "stop by the verifier" if ver is not None else "stop when nothing flagged"
+    every = ", fix every round" if ver is not None and ver.fix_gains else ""
+    gated = " (fix where the card measured a gain)" if every else ""
     loops = {
-        "resample until nothing flagged": (det, loop_cfg("resample")),
-        "reweight": (det, loop_cfg("reweight")),
-        "phrase guidance": (det, loop_cfg("phrase_guidance")),
-        "2 samples + reweight": (det, loop_cfg("reweight", samples_per_round=2)),
-        "2 samples + phrase guidance": (det, loop_cfg("phrase_guidance", samples_per_round=2)),
+        f"resample, {stop}": (det, loop_cfg("resample")),
+        f"reweight{gated}": (det, loop_cfg("reweight")),
+        f"phrase guidance{gated}": (det, loop_cfg("phrase_guidance")),
+        f"2 samples + reweight{gated}": (det, loop_cfg("reweight", samples_per_round=2)),
+        f"2 samples + phrase guidance{gated}": (
+            det,
+            loop_cfg("phrase_guidance", samples_per_round=2),
+        ),
         # Without the stop rule every prompt gets the whole budget: what the loop adds when a
         # weak detector's "nothing is misaligned" is not trusted.
         "reweight, no early stop": (det, loop_cfg("reweight", stop_when_aligned=False)),
@@ -207,9 +245,14 @@ def main():
             det,
             loop_cfg("phrase_guidance", stop_when_aligned=False),
         ),
+        # the oracle's verdicts drive the fix and the stop: no card (its features would be
+        # computed from the oracle's fake scores)
         "oracle-driven reweight": (oracle_det, loop_cfg("reweight")),
         "oracle-driven phrase guidance": (oracle_det, loop_cfg("phrase_guidance")),
     }
+    if every:
+        loops[f"reweight{every}"] = (det, loop_cfg("reweight", gate_fixes=False))
+        loops[f"phrase guidance{every}"] = (det, loop_cfg("phrase_guidance", gate_fixes=False))
     if args.only:
         loops = {k: v for k, v in loops.items() if any(o in k for o in args.only)}
     if args.skip:
@@ -217,7 +260,8 @@ def main():
     for name, (d, cfg) in loops.items():
         clock = Clock()
         # A fresh detector object per loop (same backend), so each clock wraps only its own.
-        fb = clock.wrap(FeedbackPipeline(pipe, type(d)(d.backend, d.config), cfg))
+        card = None if d is oracle_det else ver
+        fb = clock.wrap(FeedbackPipeline(pipe, type(d)(d.backend, d.config), cfg, verifier=card))
         ok, js = [], []
         for i, pr in enumerate(tqdm(prompts, desc=name)):
             fb.config.seed = 1000 * i
@@ -240,6 +284,7 @@ def main():
                 pipe,
                 MisalignmentDetector(det.backend, det.config),
                 loop_cfg("attend_and_excite", stop_when_aligned=not args.ae_no_stop),
+                verifier=ver,
             )
         )
         ok = []
@@ -252,7 +297,8 @@ def main():
     names = {
         "single": "single sample",
         "bon_clip": f"best-of-{N} by CLIPScore",
-        "bon_fclip": f"best-of-{N} by F-CLIPScore",
+        "bon_fclip": f"best-of-{N} by F-CLIPScore (the rule without a card)",
+        "bon_verifier": f"best-of-{N} by the verifier card ({ver.select_by if ver else ''})",
         "bon_fclip_card": f"best-of-{N} by F-CLIPScore at the detector card's eps",
         "any": f"any of {N} plain samples right (ceiling)",
     }
@@ -278,6 +324,24 @@ def main():
         print(
             f"| {label} | {100 * okf[two].mean():.1f} | {100 * okf[one].mean():.1f} | "
             f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+        )
+    auc = None
+    if ver is not None and right_two and any(right_two) and not all(right_two):
+        from sklearn.metrics import roc_auc_score
+
+        auc = {
+            "verifier": float(roc_auc_score(right_two, p_two)),
+            "clip_score": float(roc_auc_score(right_two, clip_two)),
+            "n_images": len(right_two),
+            "n_right": int(sum(right_two)),
+        }
+        two = n_obj == 2
+        print(
+            f"\nPlain two-object samples ({auc['n_images']}, {auc['n_right']} right): AUC right "
+            f"vs wrong, verifier's P(right) {auc['verifier']:.3f}, CLIPScore "
+            f"{auc['clip_score']:.3f}; selection accuracy (kept image right), verifier card "
+            f"{100 * results['bon_verifier'][two].mean():.1f}%, CLIPScore "
+            f"{100 * results['bon_clip'][two].mean():.1f}%"
         )
     print("\nWord-kind accuracy of the kept image (all prompts):\n")
     print("| strategy | color | shape | size | position |\n|---|---|---|---|---|")
@@ -326,6 +390,8 @@ def main():
                     "per_kind": kinds_json,
                     "detector": args.detector,
                     "eps": eps,
+                    "verifier": str(ver_path) if ver is not None else None,
+                    "auc_two_object": auc,
                     "budget": N,
                     "time_share": {
                         k: c.feedback / max(c.feedback + c.generation, 1e-9)

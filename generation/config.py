@@ -43,6 +43,10 @@ class LoopConfig:
     max_phrase_weight: ... up to this.
     ae_max_iter_to_alter, ae_scale_factor: Attend-and-Excite's own knobs.
     seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
+    gate_fixes: with a verifier card that measured the strategy's fix on this generator
+        (`Verifier.fix_gains`), apply the fix only where it beat a fresh sample for the kind
+        of word the kept image has flagged, else sample fresh (`generation.verifier.gate`);
+        False applies the fix every round, as asked.
     prompt_syntax: how the prompt's own weight syntax is read (`generation.parse_prompt`):
         "auto" (A1111's `(word:1.3)`, `(word)`, `[word]` and Compel's `word++`, `(words)1.2`),
         "a1111", "compel", or "none" (the prompt is text, brackets and all). Parsed weights
@@ -65,6 +69,7 @@ class LoopConfig:
     ae_scale_factor: float = 20.0
     seed: int = 0
     prompt_syntax: str = "auto"
+    gate_fixes: bool = True
 
     def __post_init__(self):
         from .strategies import STRATEGIES

@@ -25,7 +25,7 @@ from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .prompt_syntax import ParsedPrompt, parse_prompt
 from .strategies import LoopState, RoundPlan, get_strategy
-from .verifier import load_verifier, rank, satisfied, say_no_verifier_once
+from .verifier import gate, load_verifier, rank, satisfied, say_no_verifier_once
 from .weighting import to_a1111, to_compel
 
 OUTPUT_TYPES = ("pil", "pt", "np")
@@ -362,6 +362,8 @@ class FeedbackPipeline:
                 stopped = "max_images"
                 break
             plan = strat.next(state)
+            if cfg.gate_fixes:
+                plan = gate(plan, state, self.verifier)
             if plan is None:
                 stopped = "no_fix"
                 break

@@ -8,6 +8,12 @@ reaches the card's `stop_level` (chosen for a stated false-accept rate on the ca
 pool). Without one: today's rule -- F-CLIPScore,
 ties by CLIPScore, the earliest on exact ties, and stop when the detector flags nothing --
 which the loop says once.
+
+Fixes only where they pay (`gate`): a card may also hold what each fix bought over a fresh
+sample on this generator, by the kind of word flagged (`Verifier.fix_gains`, measured by
+`recipes/measure_fixes.py` or from your own labelled trials with `clip4dm calibrate --fixes`).
+A fix round whose measured gain for the kept image's worst flagged word is not above 0 becomes
+a fresh sample, recorded as `fix="resample"` with `extra["gated"]` naming the fix it replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from feedback import Verifier
 
+from .phrases import split_phrases, word_phrases
 from .selection import best_index
 
 _told = False
@@ -66,3 +73,43 @@ def satisfied(report, p_right: float | None, verifier: Verifier | None) -> bool:
     if verifier is None:
         return not report.misaligned_words
     return p_right is not None and p_right >= verifier.stop_level
+
+
+#: Words that place an object, wherever they stand ("a red circle on the left" keeps "left"
+#: inside the object's phrase).
+SPATIAL_WORDS = frozenset(
+    "left right top bottom above below under beneath behind front beside near next "
+    "over upper lower middle center centre".split()
+)
+
+
+def flagged_kind(report, prompt: str) -> str | None:
+    """The kind of the report's worst (most negative) flagged word: "relation" when it lies
+    outside every object phrase of the prompt (`generation.phrases`: "above", "and") or is a
+    spatial word (`SPATIAL_WORDS`: "left" in "a circle on the left"), else "object"; None
+    when nothing is flagged."""
+    flagged = [w for w in report.words if w.misaligned and w.score is not None]
+    if not flagged:
+        return None
+    worst = min(flagged, key=lambda w: w.score)
+    owner = word_phrases([worst], split_phrases(prompt))[0]
+    spatial = worst.word.lower().strip(".,;:!?") in SPATIAL_WORDS
+    return "relation" if owner is None or spatial else "object"
+
+
+def gate(plan, state, verifier: Verifier | None):
+    """`plan`, or a fresh sample where the card measured `plan.fix` not beating one for the
+    kind of word the kept image has flagged (see the module docstring). Plain and resample
+    rounds, rounds without a card or without a measurement pass unchanged."""
+    from .strategies import RoundPlan
+
+    if plan is None or verifier is None or plan.fix in ("plain", "resample"):
+        return plan
+    kind = flagged_kind(state.chosen, state.prompt)
+    if kind is None or verifier.fix_pays(plan.fix, kind) is not False:
+        return plan
+    cell = verifier.fix_gains[plan.fix][kind]
+    return RoundPlan(
+        "resample",
+        extra={"gated": plan.fix, "kind": kind, "measured_gain": cell["gain"], "n": cell["n"]},
+    )

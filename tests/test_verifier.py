@@ -186,6 +186,18 @@ def test_calibrate_fits_and_writes_a_card(tmp_path, tiny_open_clip_dir, capsys):
     ver = Verifier.load(card)
     assert ver.threshold == -0.001 and ver.stats["n_prompts"] == 12 and ver.stats["n_images"] == 48
     assert main(argv + ["--verifier", str(card), "--false-accept", "2"]) == 2
+    # --fixes: what each fix bought over a fresh sample goes into the card
+    trials = tmp_path / "fixes.jsonl"
+    rows = _trials("reweight", "object", [(0, 1), (0, 0), (0, 1)])
+    rows.append({"fix": None, "kind": None})  # nothing flagged: no trial
+    trials.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flags = ["--verifier", str(card), "--threshold", "-0.001", "--fixes", str(trials)]
+    assert main(argv + flags) == 0
+    out = capsys.readouterr().out
+    assert "fix reweight, object word flagged: -66.7 points" in out and "fresh sample" in out
+    assert Verifier.load(card).fix_pays("reweight", "object") is False
+    assert main(argv + ["--fixes", str(trials)]) == 2  # no card to write them into
+    assert "give --verifier" in capsys.readouterr().err
 
 
 def test_best_of_n_reports_its_budget_spent_not_an_early_stop(sd, tiny_open_clip_dir):
@@ -206,3 +218,124 @@ def test_each_streamed_round_carries_its_p_right_and_the_best_so_far(sd, tiny_op
     for e in events:
         assert len(e.record.p_right) == len(e.record.seeds)  # set before the event is yielded
     assert events[-1].best == h.best
+
+
+# --- fixes only where they pay (Verifier.fix_gains, generation.verifier.gate) ---------------
+
+
+def _trials(fix, kind, pairs):
+    return [{"fix": fix, "kind": kind, "fixed_right": a, "fresh_right": b} for a, b in pairs]
+
+
+def test_fix_gains_are_paired_differences_with_an_interval():
+    from feedback import fit_fix_gains
+
+    rows = _trials("reweight", "relation", [(1, 0)] * 6 + [(0, 0)] * 4) + _trials(
+        "reweight", "object", [(0, 1)] * 3 + [(1, 1)] * 7
+    )
+    g = fit_fix_gains(rows)
+    rel, obj = g["reweight"]["relation"], g["reweight"]["object"]
+    assert rel["gain"] == pytest.approx(0.6) and rel["n"] == 10
+    assert obj["gain"] == pytest.approx(-0.3) and obj["n"] == 10
+    assert rel["ci"][0] <= 0.6 <= rel["ci"][1] and obj["ci"][0] <= -0.3 <= obj["ci"][1]
+    assert rel["ci"][0] > 0 >= obj["ci"][1]  # a clear gain: its interval excludes 0
+    with pytest.raises(InputError, match="kind must be one of"):
+        fit_fix_gains(_trials("reweight", "colour", [(1, 0)]))
+    with pytest.raises(InputError, match="needs fix, kind, fixed_right and fresh_right"):
+        fit_fix_gains([{"fix": "reweight", "kind": "object"}])
+
+
+def test_a_card_round_trips_its_fix_gains_and_says_where_a_fix_pays(tmp_path):
+    from feedback import fit_fix_gains
+
+    groups, labels = _pool()
+    ver = fit_verifier(groups, labels, unit=-EPS, threshold=EPS)
+    ver.fix_gains = fit_fix_gains(
+        _trials("reweight", "relation", [(1, 0), (1, 1)]) + _trials("reweight", "object", [(0, 1)])
+    )
+    back = Verifier.load(ver.save(tmp_path / "card.json"))
+    assert back.fix_gains == ver.fix_gains
+    assert back.fix_pays("reweight", "relation") is True
+    assert back.fix_pays("reweight", "object") is False
+    assert back.fix_pays("phrase_guidance", "object") is None  # never measured
+
+
+def test_flagged_kind_relation_or_object():
+    from generation.verifier import flagged_kind
+
+    def rep(caption, scores, eps=EPS):
+        words, pos = [], 0
+        for w, s in zip(caption.split(), scores):
+            start = caption.index(w, pos)
+            pos = start + len(w)
+            words.append(WordScore(w, start, pos, s, s < eps))
+        return MisalignmentReport(caption, words, 0.2, 0.5, 0.0, 0.0)
+
+    two = "a red circle left of a blue square"
+    assert flagged_kind(rep(two, [0, -0.003, 0, -0.009, 0, 0, 0, 0]), two) == "relation"
+    assert flagged_kind(rep(two, [0, -0.009, 0, -0.003, 0, 0, 0, 0]), two) == "object"
+    one = "a red circle on the left"
+    assert flagged_kind(rep(one, [0, 0, 0, 0, 0, -0.01]), one) == "relation"  # a spatial word
+    assert flagged_kind(rep(one, [0.001] * 6), one) is None
+
+
+@pytest.mark.parametrize(
+    "gain, gate_fixes, want",
+    [(-0.1, True, "resample"), (0.1, True, "reweight"), (-0.1, False, "reweight")],
+)
+def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
+    sd, tiny_open_clip_dir, gain, gate_fixes, want
+):
+    # eps ~0: every word against the image is flagged (at least the lowest), so the reweight
+    # fix always has work
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e-6)
+    ver = _card(det, 1.01)  # a stop level no image reaches: round 1 always happens
+    cell = {"gain": gain, "ci": [gain, gain], "n": 20}
+    ver.fix_gains = {"reweight": {"relation": cell, "object": cell}}
+    kw = tp.call_kwargs("sd")
+    prompt = "a red circle left of a blue square"
+    cfg = LoopConfig("reweight", max_images=2, max_rounds=2, gate_fixes=gate_fixes)
+    h = FeedbackPipeline(sd, det, cfg, verifier=ver)(prompt, **kw).history[0]
+    r1 = h.rounds[1]
+    assert r1.fix == want
+    fresh = FeedbackPipeline(
+        sd, det, LoopConfig("resample", max_images=2, max_rounds=2), verifier=ver
+    )
+    f1 = fresh(prompt, **kw).history[0].rounds[1]
+    assert r1.seeds == f1.seeds  # reseed: the fix and the fresh sample share the seed
+    if want == "resample":
+        assert r1.extra["gated"] == "reweight" and r1.extra["measured_gain"] == gain
+        assert torch.equal(r1.images, f1.images)  # a fresh sample, bit for bit
+        assert r1.weights == [1.0] * len(r1.weights)
+    else:
+        assert "gated" not in r1.extra and max(r1.weights) > 1.0
+        assert not torch.equal(r1.images, f1.images)
+
+
+@pytest.mark.slow
+def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_path):
+    """`recipes/measure_fixes.py` on the shipped pipeline: one trial per (prompt, fix) line,
+    a rerun makes nothing again, and the card gets `fit_fix_gains` of the trials."""
+    import shutil
+
+    from feedback import fit_fix_gains
+    from recipes.measure_fixes import MeasureFixesConfig, main
+    from shapesworld.pipelines import loop_verifier_path
+
+    card = tmp_path / "verifier.json"
+    shutil.copy(loop_verifier_path(), card)
+    cfg = MeasureFixesConfig(
+        output_dir=str(tmp_path / "fx"), verifier=str(card), prompts=2, strategies=["reweight"]
+    )
+    out = main(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "fx" / "fixes.jsonl").read_text().splitlines()]
+    assert [(r["group"], r["strategy"]) for r in lines] == [(0, "reweight"), (1, "reweight")]
+    trials = [r for r in lines if r["fix"] is not None]
+    assert trials and out["trials"] == len(trials)
+    assert all(r["kind"] in ("relation", "object") for r in trials)
+    assert Verifier.load(card).fix_gains == fit_fix_gains(trials) == out["gains"]
+    before = (tmp_path / "fx" / "fixes.jsonl").read_text()
+    assert main(cfg)["trials"] == len(trials)  # resumed: nothing made again
+    assert (tmp_path / "fx" / "fixes.jsonl").read_text() == before
+    with pytest.raises(ValueError, match="fix strategies"):
+        MeasureFixesConfig(strategies=["resample"])
