@@ -89,13 +89,22 @@ def prompt_cards(
             cards.append(
                 f"<div class='card{' kept' if kept else ''}'>"
                 f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"
-                f"<div class='meta'>round {rec.round} · {rec.fix} · seed {rec.seeds[k]}"
+                f"<div class='meta'>round {rec.round} · {html.escape(_fix_label(rec))} · "
+                f"seed {rec.seeds[k]}"
                 f"{' · kept' if kept else ''}</div>"
                 f"<div class='words'>{_words_html(r, rec.weights, verdicts)}</div>"
                 f"<div class='meta'>F-CLIPScore {r.f_clip_score:.5f} · "
                 f"CLIPScore {r.clip_score:.3f}{_p_right(rec, k)}</div>{oracle_line}</div>"
             )
     return f"<div class='rounds'>{''.join(cards)}</div>", verdict_ok
+
+
+def _fix_label(rec) -> str:
+    """The round's fix, and the fix the card's gate replaced by a fresh sample, if any."""
+    gated = rec.extra.get("gated") if isinstance(rec.extra, dict) else None
+    if not gated:
+        return rec.fix
+    return f"{rec.fix} (not {gated}: no gain measured for a {rec.extra.get('kind')} word)"
 
 
 def _p_right(rec, k: int) -> str:

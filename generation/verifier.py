@@ -25,6 +25,7 @@ from feedback import Verifier
 
 from .phrases import split_phrases, word_phrases
 from .selection import best_index
+from .strategies.base import RoundPlan
 
 _told = False
 
@@ -101,8 +102,6 @@ def gate(plan, state, verifier: Verifier | None):
     """`plan`, or a fresh sample where the card measured `plan.fix` not beating one for the
     kind of word the kept image has flagged (see the module docstring). Plain and resample
     rounds, rounds without a card or without a measurement pass unchanged."""
-    from .strategies import RoundPlan
-
     if plan is None or verifier is None or plan.fix in ("plain", "resample"):
         return plan
     kind = flagged_kind(state.chosen, state.prompt)

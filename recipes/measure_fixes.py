@@ -142,12 +142,14 @@ def main(cfg: MeasureFixesConfig) -> dict:
                         rows.append(row)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
-    gains = fit_fix_gains(rows) if rows else {}
+    # phrase_guidance on a one-phrase prompt re-weights: the same trial as reweight's, once
+    unique = list({(r["group"], r["fix"]): r for r in rows}.values())
+    gains = fit_fix_gains(unique) if unique else {}
     if card is not None:
         card.fix_gains = gains
         card.save(cfg.verifier)
     (out / "gains.json").write_text(json.dumps(gains, indent=2))
-    return {"trials": len(rows), "gains": gains, "card": cfg.verifier}
+    return {"trials": len(unique), "gains": gains, "card": cfg.verifier}
 
 
 def parse_args(argv=None) -> MeasureFixesConfig:

@@ -367,6 +367,14 @@ def test_the_readme_quotes_the_cards_it_names():
     assert sel in text
     assert f"(AUC {st['cv_auc']:.2f} vs CLIPScore's {st['clip_score_auc']:.2f})" in text
     assert f"it is {'CLIPScore' if card['select_by'] == 'clip_score' else 'P(right)'}" in text
+    # the fix-gain table: one row per fix the card measured, each cell the card's figures
+    assert card["fix_gains"], "the shipped card has no fix gains (recipes/measure_fixes.py)"
+    for fix, kinds in card["fix_gains"].items():
+        row = next(x for x in text.splitlines() if x.startswith(f"| `{fix}` |"))
+        for kind in ("object", "relation"):
+            c = kinds[kind]
+            cell = f"{100 * c['gain']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]"
+            assert f"{cell}, n {c['n']}" in row, (fix, kind, row)
 
 
 def test_the_screenshots_show_the_demos_current_defaults():

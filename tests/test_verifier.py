@@ -303,13 +303,18 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
     )
     f1 = fresh(prompt, **kw).history[0].rounds[1]
     assert r1.seeds == f1.seeds  # reseed: the fix and the fresh sample share the seed
+    from generation.figures import prompt_cards
+
+    cards, _ = prompt_cards(h)
     if want == "resample":
         assert r1.extra["gated"] == "reweight" and r1.extra["measured_gain"] == gain
         assert torch.equal(r1.images, f1.images)  # a fresh sample, bit for bit
         assert r1.weights == [1.0] * len(r1.weights)
+        assert f"resample (not reweight: no gain measured for a {r1.extra['kind']} word)" in cards
     else:
         assert "gated" not in r1.extra and max(r1.weights) > 1.0
         assert not torch.equal(r1.images, f1.images)
+        assert "round 1 · reweight · seed" in cards
 
 
 @pytest.mark.slow
