@@ -18,7 +18,7 @@ from feedback import (
     WordScore,
     fit_verifier,
 )
-from feedback.verifier import FEATURES, image_features
+from feedback.verifier import FEATURES, FIX_KINDS, image_features
 from generation import FeedbackPipeline, LoopConfig
 
 EPS = -0.002
@@ -344,3 +344,27 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
     assert (tmp_path / "fx" / "fixes.jsonl").read_text() == before
     with pytest.raises(ValueError, match="fix strategies"):
         MeasureFixesConfig(strategies=["resample"])
+
+
+def test_phrase_guidance_goes_on_after_a_gated_round(sd, tiny_open_clip_dir):
+    """A gated round is a fresh sample without phrase weights; the strategy's next round
+    starts its phrase weights again instead of reading the sample's (it raised IndexError)."""
+    det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e-6)
+    ver = _card(det, 1.01)
+    ver.fix_gains = {
+        "phrase_guidance": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
+        "reweight": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
+    }
+    cfg = LoopConfig("phrase_guidance", max_images=3, max_rounds=3)
+    h = FeedbackPipeline(sd, det, cfg, verifier=ver)(
+        "a red circle left of a blue square", **tp.call_kwargs("sd")
+    ).history[0]
+    assert [r.fix for r in h.rounds] == ["plain", "resample", "resample"]
+    assert [r.extra.get("gated") for r in h.rounds[1:]] == ["phrase_guidance"] * 2
+    ver.fix_gains["phrase_guidance"] = {
+        k: {"gain": 0.1, "ci": [0.1, 0.1], "n": 20} for k in FIX_KINDS
+    }
+    h = FeedbackPipeline(sd, det, cfg, verifier=ver)(
+        "a red circle left of a blue square", **tp.call_kwargs("sd")
+    ).history[0]
+    assert [r.fix for r in h.rounds] == ["plain", "phrase_guidance", "phrase_guidance"]

@@ -23,6 +23,8 @@ class PhraseGuidance(Strategy):
         flags = [w.misaligned for w in chosen.words]
         phrases = split_phrases(state.prompt)
         pweights = list(state.last.phrase_weights)
+        if len(pweights) != len(phrases):  # the last round was a fresh sample (the card's gate)
+            pweights = [0.0] * len(phrases)
         fix, reweight = "reweight", flags
         if len(phrases) >= 2:
             fix = "phrase_guidance"
