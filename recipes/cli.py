@@ -45,7 +45,11 @@ def run_recipe(main: Callable, parse: Callable, *, threads: int | None = None) -
     except (Clip4dmError, ValueError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if result is not None:
-        print(json.dumps(result), flush=True)
+        # one write of the whole line: ranks of a torchrun job share stdout, and print's
+        # separate write of "\n" let another rank's line land in between (two JSON objects
+        # on one line)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
 
 
 def field_docs(cls: type) -> dict[str, str]:
