@@ -104,7 +104,9 @@ def _fix_label(rec) -> str:
     gated = rec.extra.get("gated") if isinstance(rec.extra, dict) else None
     if not gated:
         return rec.fix
-    return f"{rec.fix} (not {gated}: no gain measured for a {rec.extra.get('kind')} word)"
+    kind = rec.extra.get("kind")
+    article = "an" if str(kind)[:1] in "aeiou" else "a"
+    return f"{rec.fix} (not {gated}: no gain measured for {article} {kind} word)"
 
 
 def _p_right(rec, k: int) -> str:

@@ -310,7 +310,9 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
         assert r1.extra["gated"] == "reweight" and r1.extra["measured_gain"] == gain
         assert torch.equal(r1.images, f1.images)  # a fresh sample, bit for bit
         assert r1.weights == [1.0] * len(r1.weights)
-        assert f"resample (not reweight: no gain measured for a {r1.extra['kind']} word)" in cards
+        kind = r1.extra["kind"]
+        article = {"object": "an", "relation": "a"}[kind]
+        assert f"resample (not reweight: no gain measured for {article} {kind} word)" in cards
     else:
         assert "gated" not in r1.extra and max(r1.weights) > 1.0
         assert not torch.equal(r1.images, f1.images)
