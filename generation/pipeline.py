@@ -25,7 +25,14 @@ from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .prompt_syntax import ParsedPrompt, parse_prompt
 from .strategies import LoopState, RoundPlan, get_strategy
-from .verifier import gate, load_verifier, rank, satisfied, say_no_verifier_once
+from .verifier import (
+    gate,
+    load_verifier,
+    rank,
+    satisfied,
+    say_if_gated,
+    say_no_verifier_once,
+)
 from .weighting import to_a1111, to_compel
 
 OUTPUT_TYPES = ("pil", "pt", "np")
@@ -72,6 +79,7 @@ class FeedbackPipeline:
         self.detector = detector
         self.config = config or LoopConfig()
         self.strategy = get_strategy(self.config.strategy, self.config)
+        say_if_gated(self.config, self.verifier)
         # What the strategy needs regardless of call arguments (guidance scale is checked per
         # call): refuse before any model runs.
         for cap in self.strategy.requires:

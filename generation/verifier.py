@@ -84,6 +84,21 @@ SPATIAL_WORDS = frozenset(
 )
 
 
+def say_if_gated(config, verifier: Verifier | None) -> None:
+    """Warn when the card measured the chosen strategy's fix as never beating a fresh sample:
+    its rounds will re-sample (a user who asked for `reweight` should know why)."""
+    if verifier is None or not config.gate_fixes:
+        return
+    cells = verifier.fix_gains.get(config.strategy, {})
+    if cells and all(verifier.fix_pays(config.strategy, k) is False for k in cells):
+        warnings.warn(
+            f"the verifier card measured {config.strategy} beating a fresh sample for no kind "
+            "of flagged word on this generator, so its rounds re-sample (recorded as "
+            "fix='resample'); LoopConfig(gate_fixes=False) applies the fix anyway",
+            stacklevel=3,
+        )
+
+
 def flagged_kind(report, prompt: str) -> str | None:
     """The kind of the report's worst (most negative) flagged word: "relation" when it lies
     outside every object phrase of the prompt (`generation.phrases`: "above", "and") or is a

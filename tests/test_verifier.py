@@ -295,7 +295,14 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
     kw = tp.call_kwargs("sd")
     prompt = "a red circle left of a blue square"
     cfg = LoopConfig("reweight", max_images=2, max_rounds=2, gate_fixes=gate_fixes)
-    h = FeedbackPipeline(sd, det, cfg, verifier=ver)(prompt, **kw).history[0]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fb = FeedbackPipeline(sd, det, cfg, verifier=ver)
+    told = [w for w in said if "its rounds re-sample" in str(w.message)]
+    assert len(told) == (want == "resample")  # said when the card gates the fix off
+    h = fb(prompt, **kw).history[0]
     r1 = h.rounds[1]
     assert r1.fix == want
     fresh = FeedbackPipeline(
