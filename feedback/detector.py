@@ -223,6 +223,74 @@ class MisalignmentDetector:
         txt = torch.nn.functional.normalize(txt.float(), dim=-1)
         return img @ txt.T
 
+    @torch.no_grad()
+    def text_embeddings(self, captions: Sequence[str]) -> torch.Tensor:
+        """(n, D) float32 normalised embeddings of the templated captions (no attribution)."""
+        texts = [join_template(self.config.template, c) for c in captions]
+        txt = self.backend.encode_text(self.backend.tokenize(texts))
+        return torch.nn.functional.normalize(txt.float(), dim=-1)
+
+    def detect_regions(
+        self,
+        images: Sequence[ImageLike] | torch.Tensor,
+        captions: Sequence[str],
+        *,
+        boxes: Sequence[Sequence[tuple[float, float, float, float]] | None] | None = None,
+        config=None,
+        progress: bool = False,
+    ) -> list:
+        """Which word is wrong, and where: one `feedback.regions.RegionReport` per pair.
+
+        Each object phrase of the caption is scored on its own region (the rest of the image
+        filled with its background colour), each attribute word by CLIP4DM's attribution of
+        its phrase there, each placement ("to the left of", "on the top") by the regions'
+        geometry against the swapped arrangement; a caption of one phrase with nothing placed
+        gets the whole-image result unchanged. See `feedback.regions`.
+
+        images: paths or PIL images, or a (B, 3, H, W) float tensor in [0, 1]; boxes: per
+            image, your own proposals in pixels (x0, y0, x1, y1), or None; config: a
+            `feedback.regions.RegionConfig` (proposals, isolation, dead zone...).
+        """
+        captions = self._check_pairs(images, captions)
+        for c in captions:
+            self._prepare(c)  # clear errors for empty / non-string captions, up front
+        if isinstance(images, torch.Tensor):
+            check_image_tensor(images)
+            tensors = [images[i : i + 1] for i in range(images.shape[0])]
+        else:
+            from torchvision.transforms.functional import pil_to_tensor
+
+            tensors = [
+                (pil_to_tensor(im).float() / 255)[None] for im in self._load_images(images)
+            ]
+        out: list = []
+        for i in tqdm(range(len(captions)), disable=not progress, desc="clip4dm regions"):
+            bx = None if boxes is None else [boxes[i]]
+            out += self.score_regions(tensors[i], captions[i : i + 1], boxes=bx, config=config)
+        return out
+
+    def score_regions(
+        self,
+        images: torch.Tensor,
+        captions: Sequence[str],
+        *,
+        boxes=None,
+        config=None,
+        whole: Sequence[MisalignmentReport] | None = None,
+    ) -> list:
+        """The tensor form of `detect_regions` for loops: (B, 3, H, W) images in [0, 1] on the
+        model's device, one batch; `whole`: the whole-image reports of the same pairs when the
+        caller already has them (not recomputed)."""
+        from .regions import score_regions
+
+        captions = self._check_pairs(images, captions)
+        check_image_tensor(images)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
+            return score_regions(
+                self, images, captions, config=config, boxes=boxes, whole=whole
+            )
+
     # ---------------------------------------------------------------------------------------
     def _check_pairs(self, images, captions) -> list[str]:
         if isinstance(captions, str):

@@ -1,0 +1,382 @@
+"""Score each object phrase on its own region (`score_regions`), zero-shot, with the same CLIP.
+
+Per image: region proposals (split lines, sliding windows, the caller's boxes or a zero-shot
+detector's), each isolated once (`isolate`) and encoded once; every phrase's cosine with every
+region is one matrix product. Phrases are assigned to regions by the best total cosine under
+the relations' geometry (a dead zone) and low overlap; each relation is judged against the
+best swapped arrangement; each phrase's words get CLIP4DM's signed attribution on the
+phrase's own region, so an attribute word is judged where its object is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..report import MisalignmentReport
+from ..words import split_words
+from .geometry import Box, absolute_margin, holds, overlap, partitions, relative_margin
+from .geometry import sliding_windows
+from .isolate import ISOLATIONS, background_colour, isolate
+from .report import PhraseResult, RegionReport, RegionWord, RelationResult
+from .structure import FUNCTION_WORDS, PromptStructure, Relation, parse_structure
+
+logger = logging.getLogger(__name__)
+
+PROPOSALS = ("auto", "partitions", "windows", "boxes", "detector")
+
+
+@dataclass
+class RegionConfig:
+    """How regions are proposed, isolated and assigned.
+
+    proposals: "auto" (split lines for two objects or one placed object, sliding windows for
+        three or more: measured on ShapesWorld, split lines rank best because each phrase is
+        scored where the other object cannot be), "partitions", "windows", "boxes" (the
+        caller's, per image) or "detector" (a zero-shot detector, `detector_model`).
+    isolation: "fill" (the rest painted in the background colour), "blur" or "crop".
+    splits: split-line positions, in sixteenths of the image, along each axis.
+    window_scales, window_stride: sliding windows of side scale * min(H, W), moved by stride
+        of the side.
+    max_overlap: two phrases' regions may share at most this much of the smaller one.
+    dead_zone: a placement holds when the centres differ by more than this fraction of the
+        image along its axis (GenEval-style); within it, undecided.
+    top_k: regions per phrase considered in the assignment search (windows, boxes).
+    detector_model: a transformers zero-shot-object-detection model (OWLv2, OWL-ViT, Grounding
+        DINO: hub id or local folder) queried with each phrase's noun, for "detector".
+    detector_threshold: its score threshold for a box to be kept.
+    batch_size: regions encoded per forward.
+    """
+
+    proposals: str = "auto"
+    isolation: str = "fill"
+    splits: tuple[int, ...] = (5, 6, 7, 8, 9, 10, 11)
+    window_scales: tuple[float, ...] = (0.45, 0.6)
+    window_stride: float = 0.25
+    max_overlap: float = 0.3
+    dead_zone: float = 0.05
+    top_k: int = 8
+    detector_model: str | None = None
+    detector_threshold: float = 0.1
+    batch_size: int = 256
+
+    def __post_init__(self):
+        if self.proposals not in PROPOSALS:
+            raise ValueError(f"proposals must be one of {PROPOSALS}, got {self.proposals!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.proposals == "detector" and not self.detector_model:
+            raise ValueError('proposals="detector" needs detector_model (an OWLv2 id or folder)')
+        if not 0 <= self.max_overlap <= 1 or not 0 <= self.dead_zone < 0.5:
+            raise ValueError("max_overlap must lie in [0, 1] and dead_zone in [0, 0.5)")
+        if self.top_k < 1 or self.batch_size < 1:
+            raise ValueError("top_k and batch_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Plan:
+    """One image's proposals and candidate assignments (region index per phrase)."""
+
+    boxes: list[Box]
+    candidates: list[tuple[int, ...]] | None = None  # None: search top_k per phrase
+    extra: dict = field(default_factory=dict)
+
+
+def _partition_plan(st: PromptStructure, size, cfg: RegionConfig) -> _Plan:
+    boxes: list[Box] = []
+    cands: list[tuple[int, ...]] = []
+    for _, low, high in partitions(size, cfg.splits):
+        i = len(boxes)
+        boxes += [low, high]
+        if len(st.phrases) == 1:
+            cands += [(i,), (i + 1,)]
+        else:
+            cands += [(i, i + 1), (i + 1, i)]
+    return _Plan(boxes, cands)
+
+
+def plan_regions(
+    st: PromptStructure, size: tuple[int, int], cfg: RegionConfig, boxes: Sequence[Box] | None
+) -> _Plan:
+    """Proposals for one image: split lines, windows or given boxes (see `RegionConfig`)."""
+    mode = cfg.proposals
+    if boxes is not None:
+        return _Plan([tuple(map(float, b)) for b in boxes])
+    if mode == "auto":
+        mode = "partitions" if len(st.phrases) <= 2 else "windows"
+    if mode == "partitions" and len(st.phrases) <= 2:
+        return _partition_plan(st, size, cfg)
+    return _Plan(sliding_windows(size, cfg.window_scales, cfg.window_stride))
+
+
+def _relation_margin(rel: Relation, chosen: Sequence[Box], size) -> float | None:
+    if not rel.judged:
+        return None
+    if rel.other is None:
+        return absolute_margin(chosen[rel.subject], rel.axis, rel.sign, size)
+    return relative_margin(chosen[rel.subject], chosen[rel.other], rel.axis, rel.sign, size)
+
+
+def assign(
+    cos: torch.Tensor,
+    boxes: Sequence[Box],
+    relations: Sequence[Relation],
+    size: tuple[int, int],
+    *,
+    candidates: Sequence[tuple[int, ...]] | None = None,
+    top_k: int = 8,
+    max_overlap: float = 0.3,
+    dead_zone: float = 0.05,
+) -> tuple[tuple[int, ...], float, list[float | None]]:
+    """The phrases' regions: the arrangement with the best total cosine that obeys every
+    judged relation (beyond the dead zone) with overlaps of at most `max_overlap`; and for
+    each relation the stated arrangement's total minus the best total of arrangements that
+    reverse it (its margin; None when it is not judged or nothing reverses it).
+
+    cos: (R, P) cosine of region r with phrase p. candidates: arrangements to consider (a
+    region index per phrase); default: every combination of each phrase's `top_k` regions.
+    Returns (region index per phrase, the stated total, margin per relation). When no
+    arrangement obeys the relations, the best one overall is returned with its total."""
+    c = cos.detach().float().cpu()
+    n_p = c.shape[1]
+    if candidates is None:
+        k = min(top_k, c.shape[0])
+        tops = [c[:, p].topk(k).indices.tolist() for p in range(n_p)]
+        candidates = list(itertools.product(*tops))
+    best_ok, best_any = None, None
+    reversed_best: list[float] = [-math.inf] * len(relations)
+    for cand in candidates:
+        chosen = [boxes[i] for i in cand]
+        if n_p > 1 and any(
+            overlap(chosen[a], chosen[b]) > max_overlap
+            for a in range(n_p)
+            for b in range(a + 1, n_p)
+        ):
+            continue
+        total = float(sum(c[i, p] for p, i in enumerate(cand)))
+        verdicts = []
+        for j, rel in enumerate(relations):
+            m = _relation_margin(rel, chosen, size)
+            v = None if m is None else holds(m, dead_zone)
+            verdicts.append(v)
+            if v is False and total > reversed_best[j]:
+                reversed_best[j] = total
+        if best_any is None or total > best_any[1]:
+            best_any = (cand, total)
+        if all(v is not False and (v is True or not rel.judged)
+               for v, rel in zip(verdicts, relations)):
+            if best_ok is None or total > best_ok[1]:
+                best_ok = (cand, total)
+    if best_any is None:  # every arrangement overlaps: take each phrase's best region
+        cand = tuple(int(c[:, p].argmax()) for p in range(n_p))
+        best_any = (cand, float(sum(c[i, p] for p, i in enumerate(cand))))
+    chosen_cand, total = best_ok if best_ok is not None else best_any
+    margins: list[float | None] = []
+    for j, rel in enumerate(relations):
+        if not rel.judged or reversed_best[j] == -math.inf:
+            margins.append(None)
+        elif best_ok is None:
+            margins.append(min(0.0, total - reversed_best[j]) - 1e-9)
+        else:
+            margins.append(total - reversed_best[j])
+    return tuple(chosen_cand), total, margins
+
+
+def combined_score(
+    phrase_cos: Sequence[float], found: Sequence[bool], margins: Sequence[float | None]
+) -> float:
+    """One number per image, higher = more aligned: the weakest phrase's cosine on its region,
+    plus every failed relation's (negative) margin, minus 1 per missing object. A minimum, so
+    a failed phrase or relation pulls it down however good the others are."""
+    s = min(phrase_cos)
+    s += sum(min(0.0, m) for m in margins if m is not None)
+    s -= sum(1.0 for f in found if not f)
+    return float(s)
+
+
+def _whole_words(rep: MisalignmentReport) -> list[RegionWord]:
+    return [RegionWord(w.word, w.start, w.end, w.score, w.misaligned) for w in rep.words]
+
+
+def whole_image_region_report(rep: MisalignmentReport, size, regional=False) -> RegionReport:
+    """The whole-image report as a `RegionReport` (one phrase, nothing placed: unchanged)."""
+    return RegionReport(
+        rep.caption, _whole_words(rep), rep.cosine, rep.clip_score,
+        rep.sum_negative_attribution, rep.f_clip_score, rep.truncated,
+        score=float(rep.cosine), size=tuple(size), regional=regional,
+    )
+
+
+def score_regions(
+    detector,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    *,
+    config: RegionConfig | None = None,
+    boxes: Sequence[Sequence[Box] | None] | None = None,
+    whole: Sequence[MisalignmentReport] | None = None,
+    proposer: Callable | None = None,
+) -> list[RegionReport]:
+    """Region-aware reports for a batch (see the module docstring).
+
+    detector: a `MisalignmentDetector`. images: (B, 3, H, W) floats in [0, 1] on any device.
+    boxes: per image, proposals in pixels (overrides `config.proposals`), or None.
+    whole: the whole-image reports of the same pairs, when the caller has them (the loop).
+    proposer: for "detector" proposals, `(images, structures) -> per image boxes`.
+    """
+    from ..detector import reports_from_output
+
+    cfg = config or RegionConfig()
+    n = images.shape[0]
+    if len(captions) != n:
+        raise ValueError(f"got {n} images but {len(captions)} captions")
+    if boxes is not None and len(boxes) != n:
+        raise ValueError(f"boxes: got {len(boxes)} lists for {n} images")
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if whole is None:
+        whole = reports_from_output(detector.score(images, list(captions)))
+    structures = [parse_structure(c) for c in captions]
+    out: list[RegionReport | None] = [None] * n
+    todo = [b for b in range(n) if structures[b].regional and structures[b].phrases]
+    for b in range(n):
+        if b not in todo:
+            out[b] = whole_image_region_report(whole[b], size)
+    if not todo:
+        return out  # type: ignore[return-value]
+    given = list(boxes) if boxes is not None else [None] * n
+    if cfg.proposals == "detector" and boxes is None:
+        if proposer is None:
+            from .proposals import ZeroShotProposer
+
+            proposer = ZeroShotProposer(cfg.detector_model, threshold=cfg.detector_threshold)
+        found = proposer(images[todo], [structures[b] for b in todo])
+        for b, bx in zip(todo, found):
+            given[b] = bx if bx else None
+    plans = {b: plan_regions(structures[b], size, cfg, given[b]) for b in todo}
+
+    # every region of the batch (plus one blank per image) isolated and encoded once
+    index, flat = [], []
+    for b in todo:
+        index += [b] * (len(plans[b].boxes) + 1)
+        flat += list(plans[b].boxes) + [(0.0, 0.0, 0.0, 0.0)]
+    fill = background_colour(images)
+    backend = detector.backend
+    embs = []
+    with torch.no_grad():
+        for i in range(0, len(flat), cfg.batch_size):
+            reg = isolate(images, index[i : i + cfg.batch_size], flat[i : i + cfg.batch_size],
+                          cfg.isolation, fill=fill)
+            embs.append(backend.encode_image(backend.preprocess_tensor(reg)).float())
+        emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
+        texts = sorted({p.text for b in todo for p in structures[b].phrases})
+        t = detector.text_embeddings(texts)
+    col = {s: i for i, s in enumerate(texts)}
+
+    # assignment per image, then one attribution pass for every (image, phrase) on its region
+    pos, att_img, att_box, att_text, results = 0, [], [], [], {}
+    for b in todo:
+        st, plan = structures[b], plans[b]
+        r = len(plan.boxes)
+        e = emb[pos : pos + r + 1]
+        pos += r + 1
+        cos = e @ t[[col[p.text] for p in st.phrases]].T  # (R + 1, P)
+        blank = cos[-1]
+        cand, _, margins = assign(
+            cos[:-1], plan.boxes, st.relations, size, candidates=plan.candidates,
+            top_k=cfg.top_k, max_overlap=cfg.max_overlap, dead_zone=cfg.dead_zone,
+        )
+        chosen = [plan.boxes[i] for i in cand]
+        pc = [float(cos[i, p]) for p, i in enumerate(cand)]
+        best = cos[:-1].max(dim=0).values
+        lifts = [pc[p] - float(blank[p]) for p in range(len(pc))]
+        found = [float(best[p]) > float(blank[p]) for p in range(len(pc))]
+        results[b] = (chosen, pc, lifts, found, margins)
+        for p, ph in enumerate(st.phrases):
+            att_img.append(b)
+            att_box.append(chosen[p])
+            att_text.append(ph.text)
+    regions = isolate(images, att_img, att_box, cfg.isolation, fill=fill)
+    att = []
+    bs = detector.config.batch_size
+    for i in range(0, len(att_text), bs):
+        att += reports_from_output(
+            detector.score(regions[i : i + bs], att_text[i : i + bs], nan_policy="mask")
+        )
+    k = 0
+    eps = detector.config.threshold
+    for b in todo:
+        st = structures[b]
+        reps = att[k : k + len(st.phrases)]
+        k += len(st.phrases)
+        out[b] = _assemble(whole[b], st, results[b], reps, eps, size)
+    return out  # type: ignore[return-value]
+
+
+def _assemble(rep, st, res, phrase_reps, eps, size) -> RegionReport:
+    chosen, pc, lifts, found, margins = res
+    # each phrase word's attribution on its own region, by character span in the prompt
+    attr: dict[tuple[int, int], float | None] = {}
+    for ph, prep in zip(st.phrases, phrase_reps):
+        for w in prep.words:
+            attr[(ph.start + w.start, ph.start + w.end)] = w.score
+    rel_of: dict[tuple[int, int], int] = {}
+    for j, rel in enumerate(st.relations):
+        if rel.judged:
+            for w in split_words(rel.text):
+                if w.text.lower() not in FUNCTION_WORDS:
+                    rel_of[(rel.start + w.start, rel.start + w.end)] = j
+    rel_results = []
+    for j, rel in enumerate(st.relations):
+        m = margins[j]
+        objs_found = found[rel.subject] and (rel.other is None or found[rel.other])
+        verdict = None if m is None or not objs_found else m >= eps
+        rel_results.append(
+            RelationResult(rel.text, rel.start, rel.end, rel.subject, rel.other, rel.axis,
+                           rel.sign, verdict, m)
+        )
+    words = []
+    for w in rep.words:
+        key = (w.start, w.end)
+        owner = next((p for p, ph in enumerate(st.phrases)
+                      if ph.start <= w.start and w.end <= ph.end), None)
+        content = w.word.lower().strip(".,;:!?") not in FUNCTION_WORDS and any(
+            ch.isalnum() for ch in w.word
+        )
+        if owner is not None and key in attr and attr[key] is not None and w.score is not None:
+            s = attr[key]
+            if not found[owner]:
+                s = min(s, lifts[owner] + eps) if content else s
+                mis = content or s < eps
+                words.append(RegionWord(w.word, w.start, w.end, s, mis, chosen[owner],
+                                        "missing", owner))
+            else:
+                words.append(RegionWord(w.word, w.start, w.end, s, content and s < eps,
+                                        chosen[owner], "attribute", owner))
+        elif key in rel_of and rel_results[rel_of[key]].margin is not None:
+            rr = rel_results[rel_of[key]]
+            s = float(rr.margin)
+            words.append(RegionWord(w.word, w.start, w.end, s, rr.holds is False,
+                                    chosen[rr.subject], "relation", None))
+        else:
+            words.append(RegionWord(w.word, w.start, w.end, w.score, w.misaligned, None,
+                                    "image", owner))
+    neg = sum(w.score for w in words if w.misaligned and w.score is not None)
+    phrases = [
+        PhraseResult(ph.text, ph.start, ph.end, tuple(float(v) for v in chosen[p]), pc[p],
+                     lifts[p], found[p])
+        for p, ph in enumerate(st.phrases)
+    ]
+    return RegionReport(
+        rep.caption, words, rep.cosine, rep.clip_score, neg,
+        neg * (1 - rep.clip_score / 2.5), rep.truncated,
+        score=combined_score(pc, found, margins), phrases=phrases, relations=rel_results,
+        size=tuple(size), regional=True,
+    )
