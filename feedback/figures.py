@@ -96,11 +96,42 @@ def summary_lines(report: MisalignmentReport, font_size: int = 18) -> list[str]:
         f"CLIPScore {report.clip_score:.3f}   F-CLIPScore {report.f_clip_score:.5f}",
         "misaligned: " + (", ".join(report.misaligned_words) or "(none)"),
     ]
+    if getattr(report, "regional", False):
+        lines.insert(1, f"region score {report.score:.3f} (weakest object on its region)")
+        for r in report.relations:
+            if r.holds is not None:
+                lines.append(
+                    f"'{r.text}': {'holds' if r.holds else 'swapped'} (margin {r.margin:+.3f})"
+                )
+        if report.missing:
+            lines.append("missing: " + ", ".join(report.missing))
     if report.truncated:
         lines.append("caption longer than the context: grey words unscored")
     if undrawable_words(report, font_size):
         lines.append("some characters have no installed font (boxes); the JSON report has them")
     return lines
+
+
+#: Distinct colours for flagged words' boxes (Sasha Trubetskoy's high-contrast set).
+PALETTE = (
+    (230, 25, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (60, 180, 75),
+    (145, 30, 180),
+    (240, 50, 230),
+    (70, 240, 240),
+    (128, 128, 0),
+)
+
+
+def word_colours(report: MisalignmentReport) -> dict[int, tuple[int, int, int]]:
+    """Index of each flagged word that has a box (`feedback.regions.RegionWord`) -> the colour
+    its box and underline are drawn in."""
+    flagged = [
+        i for i, w in enumerate(report.words) if w.misaligned and getattr(w, "box", None)
+    ]
+    return {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(flagged)}
 
 
 def _fit(image: Image.Image, size: int) -> Image.Image:
@@ -117,7 +148,9 @@ def render_report(
 ) -> Image.Image:
     """An RGB figure: the image (fitted into a `size` box, aspect kept), the caption with each
     word's background shaded red (negative) or green (positive) in proportion to its score,
-    misaligned words underlined, unscored words grey, and the scores underneath. The canvas
+    misaligned words underlined, unscored words grey, and the scores underneath. For a
+    region report (`feedback.regions.RegionReport`) each flagged word's box is drawn on the
+    image in the colour of its underline, and the relations' verdicts are listed. The canvas
     grows with the caption, so long captions keep their summary."""
     font_size, line_h = 18, 34
     small = _base_font(14)
@@ -139,13 +172,31 @@ def render_report(
     canvas = Image.new("RGB", (size + width, height), "white")
     canvas.paste(img, (10 + (size - img.width) // 2, 10 + (size - img.height) // 2))
     draw = ImageDraw.Draw(canvas)
-    scored = [abs(w.score) for w in report.words if w.score is not None]
+    # region words judged by geometry carry margins (cosine units), not attributions: the
+    # shading scale comes from the attributions so they stay visible
+    scored = [
+        abs(w.score)
+        for w in report.words
+        if w.score is not None and getattr(w, "reason", "image") != "relation"
+    ]
     scale = max(scored) if scored else 1.0
-    for w, font, bx, by, tw in boxes:
+    colours = word_colours(report)
+    for i, (w, font, bx, by, tw) in enumerate(boxes):
         draw.rectangle([bx - 3, by - 2, bx + tw + 3, by + 24], fill=_shade(w.score, scale))
         draw.text((bx, by), w.word, fill="black", font=font)
         if w.misaligned:
-            draw.line([bx - 3, by + 26, bx + tw + 3, by + 26], fill=(200, 0, 0), width=3)
+            line = colours.get(i, (200, 0, 0))
+            draw.line([bx - 3, by + 26, bx + tw + 3, by + 26], fill=line, width=3)
+    if colours:  # each flagged word's box on the image, in the word's own colour
+        ox, oy = 10 + (size - img.width) // 2, 10 + (size - img.height) // 2
+        sx, sy = img.width / image.width, img.height / image.height
+        for i, c in colours.items():
+            x0_, y0_, x1_, y1_ = report.words[i].box
+            draw.rectangle(
+                [ox + x0_ * sx, oy + y0_ * sy, ox + x1_ * sx - 1, oy + y1_ * sy - 1],
+                outline=c,
+                width=2 + i % 2,
+            )
     for i, line in enumerate(lines):
         draw.text((x0, y_summary + 22 * i), line, fill=(40, 40, 40), font=small)
     return canvas

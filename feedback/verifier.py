@@ -36,8 +36,31 @@ FEATURES = (
     "clip_score_z",
     "min_word_vs_best",
     "f_clip_score_vs_best",
+    "region_score",
+    "weakest_phrase",
+    "relation_margin",
+    "n_missing",
+    "region_score_vs_best",
 )
 CARD_KIND = "clip4dm-verifier"
+#: How a card picks a prompt's image (`Verifier.select_by`).
+SELECT_BY = ("p_right", "clip_score", "region_score")
+
+
+def _region(rep: MisalignmentReport) -> list[float]:
+    """Region features (`feedback.regions.RegionReport`): the combined score, the weakest
+    phrase's cosine on its region, the worst relation margin (0: none judged) and the number
+    of missing objects; a whole-image report (or one phrase, nothing placed) gives its cosine,
+    its cosine, 0 and 0, so one card serves both kinds of prompt."""
+    if not getattr(rep, "regional", False):
+        return [float(rep.cosine), float(rep.cosine), 0.0, 0.0]
+    margins = [r.margin for r in rep.relations if r.margin is not None]
+    return [
+        float(rep.score),
+        float(min(p.cosine for p in rep.phrases)),
+        float(min(margins)) if margins else 0.0,
+        float(sum(not p.found for p in rep.phrases)),
+    ]
 
 
 def _raw(rep: MisalignmentReport, unit: float) -> list[float]:
@@ -52,7 +75,7 @@ def _raw(rep: MisalignmentReport, unit: float) -> list[float]:
         neg / unit,
         mean / unit,
         float(sum(w.misaligned for w in rep.words)),
-    ]
+    ] + _region(rep)
 
 
 def image_features(reports: Sequence[MisalignmentReport], unit: float) -> list[list[float]]:
@@ -67,6 +90,7 @@ def image_features(reports: Sequence[MisalignmentReport], unit: float) -> list[l
     clips = [r[0] for r in raw]
     mins = [r[2] for r in raw]
     fs = [r[1] for r in raw]
+    regs = [r[6] for r in raw]
     mu = sum(clips) / len(clips)
     sd = math.sqrt(sum((c - mu) ** 2 for c in clips) / len(clips))
     out = []
@@ -77,7 +101,7 @@ def image_features(reports: Sequence[MisalignmentReport], unit: float) -> list[l
             r[2] - max(mins),
             r[1] - max(fs),
         ]
-        out.append(r + rel)
+        out.append(r[:6] + rel + r[6:] + [r[6] - max(regs)])
     return out
 
 
@@ -91,8 +115,9 @@ class Verifier:
     unit: |eps| of the detector the card was fitted with (word scores are divided by it).
     stop_level: the P(right) at or above which an early-stopping loop stops, chosen so that
         at most `false_accept_rate` of the calibration pool's *wrong* images reach it.
-    select_by: how a prompt's image is chosen: "p_right" (the highest P) or "clip_score"
-        (the highest CLIPScore), whichever kept a right image for more calibration prompts
+    select_by: how a prompt's image is chosen: "p_right" (the highest P), "clip_score"
+        (the highest CLIPScore) or "region_score" (the highest region-aware score,
+        `RegionReport.score`), whichever kept a right image for more calibration prompts
         under cross-validation (P ranks *across* prompts well; within one prompt CLIPScore
         can rank as well or better, and then the card says so).
     fix_gains: what each fix bought over a fresh sample on this generator, by the kind of
@@ -123,9 +148,9 @@ class Verifier:
         n = len(self.features)
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise InputError("verifier card: features, mean, scale and coef differ in length")
-        if self.select_by not in ("p_right", "clip_score"):
+        if self.select_by not in SELECT_BY:
             raise InputError(
-                f"verifier card: select_by must be p_right or clip_score, got {self.select_by!r}"
+                f"verifier card: select_by must be one of {SELECT_BY}, got {self.select_by!r}"
             )
 
     def fix_pays(self, fix: str, kind: str) -> bool | None:
@@ -139,7 +164,12 @@ class Verifier:
 
     def select(self, reports: Sequence[MisalignmentReport], probs: Sequence[float]) -> int:
         """Index of the image to keep among one prompt's images (the earliest on ties)."""
-        key = probs if self.select_by == "p_right" else [r.clip_score for r in reports]
+        if self.select_by == "p_right":
+            key = list(probs)
+        elif self.select_by == "clip_score":
+            key = [r.clip_score for r in reports]
+        else:
+            key = [_region(r)[0] for r in reports]
         return max(range(len(key)), key=lambda j: (key[j], -j))
 
     def probabilities(self, reports: Sequence[MisalignmentReport]) -> list[float]:
@@ -297,12 +327,18 @@ def fit_verifier(
         "fit_auc": float(roc_auc_score(y, p_fit)),
         "stop_level_right_accepted": float((p_cv[y] >= level).mean()),
     }
-    select_by = "p_right"
+    select_by, best_sel = "p_right", stats["cv_selection_accuracy"]
     if clip is not None:
         stats["clip_score_auc"] = float(roc_auc_score(y, clip))
         stats["clip_score_selection_accuracy"] = selection(clip)
-        if stats["clip_score_selection_accuracy"] >= stats["cv_selection_accuracy"]:
-            select_by = "clip_score"
+        if stats["clip_score_selection_accuracy"] >= best_sel:
+            select_by, best_sel = "clip_score", stats["clip_score_selection_accuracy"]
+    if "region_score" in features:
+        reg = X[:, list(features).index("region_score")]
+        stats["region_score_auc"] = float(roc_auc_score(y, reg))
+        stats["region_score_selection_accuracy"] = selection(reg)
+        if stats["region_score_selection_accuracy"] > best_sel:
+            select_by, best_sel = "region_score", stats["region_score_selection_accuracy"]
     return Verifier(
         list(features),
         mean.tolist(),

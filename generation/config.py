@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from feedback.regions import RegionConfig
 
 #: What `clip4dm demo`/`generate`/`app` use unless told otherwise: the strategy with the best
 #: oracle-judged satisfaction in `benchmarks/loop_faithfulness.py` on the shipped models
@@ -47,6 +49,11 @@ class LoopConfig:
         (`Verifier.fix_gains`), apply the fix only where it beat a fresh sample for the kind
         of word the kept image has flagged, else sample fresh (`generation.verifier.gate`);
         False applies the fix every round, as asked.
+    regions: judge each object phrase on its own region (`feedback.regions`) for prompts with
+        two or more objects or a placed one ("on the left"): selection, the stop rule, the
+        verifier card's features and the fixes then see which object got which attribute and
+        where it is. False: every prompt is judged on the whole image.
+    region_config: how regions are proposed and isolated (`feedback.regions.RegionConfig`).
     prompt_syntax: how the prompt's own weight syntax is read (`generation.parse_prompt`):
         "auto" (A1111's `(word:1.3)`, `(word)`, `[word]` and Compel's `word++`, `(words)1.2`),
         "a1111", "compel", or "none" (the prompt is text, brackets and all). Parsed weights
@@ -70,6 +77,8 @@ class LoopConfig:
     seed: int = 0
     prompt_syntax: str = "auto"
     gate_fixes: bool = True
+    regions: bool = True
+    region_config: RegionConfig = field(default_factory=RegionConfig)
 
     def __post_init__(self):
         from .strategies import STRATEGIES
@@ -91,6 +100,12 @@ class LoopConfig:
 
         if self.prompt_syntax not in SYNTAXES:
             raise ValueError(f"prompt_syntax must be one of {SYNTAXES}, got {self.prompt_syntax!r}")
+        if isinstance(self.region_config, dict):
+            self.region_config = RegionConfig(**self.region_config)
+        if not isinstance(self.region_config, RegionConfig):
+            raise ValueError(
+                f"region_config must be a feedback.regions.RegionConfig, got {self.region_config!r}"
+            )
         if self.weight_step <= 0:
             raise ValueError(f"weight_step must be > 0, got {self.weight_step}")
 

@@ -19,6 +19,7 @@ import torch
 
 from feedback import MisalignmentDetector, split_words
 from feedback.detector import reports_from_output
+from feedback.regions import parse_structure
 
 from .adapters import PipelineAdapter, adapter_for
 from .config import LoopConfig
@@ -315,6 +316,9 @@ class FeedbackPipeline:
         # the detector's words (as it splits the prompt) and the user's weights on them
         state.words = split_words(prompt)
         state.base_weights = parsed.word_weights(state.words)
+        structure = parse_structure(prompt) if cfg.regions else None
+        if structure is not None and not structure.regional:
+            structure = None  # one object, nothing placed: the whole-image report is the answer
         budget = cfg.max_images
         used, next_seed, stopped = 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
@@ -335,6 +339,8 @@ class FeedbackPipeline:
                 warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
                 out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
             reports = reports_from_output(out)
+            if structure is not None:
+                reports = self._region_reports(images, prompt, out, reports)
             state.words = out.words[0]
             weights = plan.weights if plan.weights is not None else state.base_weights
             rec = RoundRecord(
@@ -377,6 +383,25 @@ class FeedbackPipeline:
                 break
         source = parsed.source if parsed.source != prompt else None
         yield PromptHistory(prompt, state.rounds, state.best, stopped, source)
+
+    def _region_reports(self, images, prompt, out, reports) -> list:
+        """Region-aware reports of a round's images (`feedback.regions`); an image the
+        detector dropped as non-finite keeps its (masked) whole-image report."""
+        ok = [i for i, v in enumerate(out.valid.tolist()) if v]
+        if not ok:
+            return reports
+        dev = self.detector.backend.device
+        x = images[ok].detach().to(dev, torch.float32)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
+            regional = self.detector.score_regions(
+                x, [prompt] * len(ok), whole=[reports[i] for i in ok],
+                config=self.config.region_config,
+            )
+        out_reports = list(reports)
+        for i, rep in zip(ok, regional):
+            out_reports[i] = rep
+        return out_reports
 
     def _convert(self, images: torch.Tensor, output_type: str):
         if output_type == "pt":

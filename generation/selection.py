@@ -1,4 +1,7 @@
-"""Which image to keep: the best by F-CLIPScore (0 = nothing misaligned), ties by CLIPScore."""
+"""Which image to keep without a verifier card: for a prompt judged by regions (two or more
+objects, or a placed one: `feedback.regions.RegionReport.regional`) the best region-aware
+score (weakest phrase on its region, failed relations and missing objects pulling it down);
+otherwise the best F-CLIPScore (0 = nothing misaligned), ties by CLIPScore."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ from feedback import MisalignmentReport
 
 
 def rank_key(report: MisalignmentReport) -> tuple[float, float]:
-    """Larger is better: (F-CLIPScore, CLIPScore)."""
+    """Larger is better: (region score, CLIPScore) for a region-judged report, else
+    (F-CLIPScore, CLIPScore)."""
+    if getattr(report, "regional", False):
+        return (report.score, report.clip_score)
     return (report.f_clip_score, report.clip_score)
 
 

@@ -108,9 +108,17 @@ def flagged_kind(report, prompt: str) -> str | None:
     if not flagged:
         return None
     worst = min(flagged, key=lambda w: w.score)
+    reason = getattr(worst, "reason", "image")  # a region-judged word says why it is wrong
+    if reason == "relation":
+        return "relation"
+    if reason in ("attribute", "missing"):
+        return "relation" if _spatial(worst.word) else "object"
     owner = word_phrases([worst], split_phrases(prompt))[0]
-    spatial = worst.word.lower().strip(".,;:!?") in SPATIAL_WORDS
-    return "relation" if owner is None or spatial else "object"
+    return "relation" if owner is None or _spatial(worst.word) else "object"
+
+
+def _spatial(word: str) -> bool:
+    return word.lower().strip(".,;:!?") in SPATIAL_WORDS
 
 
 def gate(plan, state, verifier: Verifier | None):

@@ -118,6 +118,13 @@ def add_commands(sub) -> None:
         "recipes/measure_fixes.py makes them for ShapesWorld); the loop then applies a fix "
         "only where it paid",
     )
+    c.add_argument(
+        "--no-regions",
+        dest="regions",
+        action="store_false",
+        help="fit the verifier on whole-image reports only (default: on region-aware reports, "
+        "`feedback.regions`, as the loop judges prompts with two or more objects)",
+    )
     add_detector_args(c)
     c.set_defaults(func=_cmd_calibrate)
 
@@ -315,9 +322,14 @@ def _fit_verifier(args, samples, reports, eps: float) -> None:
     if args.threshold is None:
         args.threshold = eps
         det = build_detector(args)
-        reports = det.detect([s.image for s in samples], [s.caption for s in samples])
+        if not args.regions:
+            reports = det.detect([s.image for s in samples], [s.caption for s in samples])
     else:
         det = build_detector(args)
+    if args.regions:  # what the loop sees: each object judged on its own region
+        reports = det.detect_regions(
+            [s.image for s in samples], [s.caption for s in samples], progress=True
+        )
     groups: dict = {}
     for row, s, rep in zip(rows, samples, reports):
         key = row.get("group", row["caption"])
@@ -350,6 +362,11 @@ def _fit_verifier(args, samples, reports, eps: float) -> None:
         f"{100 * st['stop_level_right_accepted']:.0f}% of right ones)"
     )
     eps = det.config.threshold
+    if "region_score_auc" in st:
+        print(
+            f"region score alone: AUC {st['region_score_auc']:.3f}, keeps a right image for "
+            f"{100 * st['region_score_selection_accuracy']:.1f}% of prompts"
+        )
     print(
         f"selects by {ver.select_by} (what kept more right images above); card: {args.verifier} "
         f"(eps {eps:.6g})"

@@ -49,7 +49,10 @@ def _cmd_check(args) -> int:
     figure = check_figure_path(args.figure) if args.figure else None
     image = load_image(args.image)  # fail on a bad image before loading a model
     det = build_detector(args)
-    report = det(image, args.caption)
+    if args.regions:
+        report = det.detect_regions([image], [args.caption])[0]
+    else:
+        report = det(image, args.caption)
     if figure is not None:
         from ..figures import render_report
 
@@ -69,7 +72,11 @@ def _cmd_check(args) -> int:
             "cosine",
             "truncated",
         )
+        if args.regions:
+            keys += ("score", "regional", "size", "phrases", "relations", "missing")
         settings = {"model": args.model, **det.config.to_dict(), "dtype": args.dtype}
+        if args.regions:
+            settings["regions"] = True
         print(json.dumps({**{k: d[k] for k in keys}, "settings": settings}))
         return 0
     tty = sys.stdout.isatty()
@@ -78,11 +85,27 @@ def _cmd_check(args) -> int:
         f"CLIPScore {report.clip_score:.4f}   F-CLIPScore {report.f_clip_score:.6f}   "
         f"misaligned: {', '.join(report.misaligned_words) or '(none)'}"
     )
+    if getattr(report, "regional", False):
+        print(f"region score {report.score:.4f} (the weakest object on its region)")
+        for p in report.phrases:
+            state = "" if p.found else "   <-- found nowhere"
+            print(f"  object {p.text!r}: box {_box(p.box)}, cosine {p.cosine:.4f}{state}")
+        for r in report.relations:
+            verdict = {True: "holds", False: "SWAPPED", None: "not judged"}[r.holds]
+            margin = "" if r.margin is None else f" (margin {r.margin:+.4f})"
+            print(f"  relation {r.text!r}: {verdict}{margin}")
     for w in report.words:
         score = "  unscored" if w.score is None else f"{w.score:+.6f}"
         mark = "  <-- misaligned" if w.misaligned else ""
-        print(f"  {w.word:<20} {score}{mark}")
+        where = ""
+        if getattr(w, "reason", "image") != "image":
+            where = f"  [{w.reason}{', box ' + _box(w.box) if w.box else ''}]"
+        print(f"  {w.word:<20} {score}{where}{mark}")
     return 0
+
+
+def _box(box) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in box) + ")"
 
 
 def _version() -> str:
@@ -111,6 +134,12 @@ def build_parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentPa
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument(
         "--figure", default=None, help="also save a picture of the report (.png, .jpg, .webp)"
+    )
+    c.add_argument(
+        "--regions",
+        action="store_true",
+        help="judge each object phrase on its own region and each placement by where the "
+        "objects are (feedback.regions): which word, and where (boxes in the JSON and figure)",
     )
     c.set_defaults(func=_cmd_check)
     from . import data as cli_data

@@ -18,6 +18,7 @@ from .isolate import ISOLATIONS, background_colour, box_masks, isolate
 from .report import REASONS, PhraseResult, RegionReport, RegionWord, RelationResult
 from .scoring import PROPOSALS, RegionConfig, assign, combined_score, score_regions
 from .structure import (
+    RELATIONS,
     Phrase,
     PromptStructure,
     Relation,
@@ -30,6 +31,7 @@ __all__ = [
     "Box",
     "ISOLATIONS",
     "PROPOSALS",
+    "RELATIONS",
     "REASONS",
     "Phrase",
     "PhraseResult",

@@ -23,7 +23,9 @@ def background_colour(images: torch.Tensor) -> torch.Tensor:
     top, bottom = images[..., 0, :], images[..., -1, :]
     left, right = images[..., 1:-1, 0], images[..., 1:-1, -1]
     border = torch.cat([top, bottom, left, right], dim=-1)
-    return border.float().median(dim=-1).values.to(images.dtype)
+    if border.dtype not in (torch.float32, torch.float64):
+        border = border.float()  # half types: median in fp32
+    return border.median(dim=-1).values.to(images.dtype)
 
 
 def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -51,6 +51,9 @@ class RegionConfig:
         DINO: hub id or local folder) queried with each phrase's noun, for "detector".
     detector_threshold: its score threshold for a box to be kept.
     batch_size: regions encoded per forward.
+    relations_by: what a placement is judged by: "noun" (each object found by its article and
+        noun, "a circle", so an attribute that went to the other object is not read as the
+        objects being swapped; the whole phrase when two phrases share a noun) or "phrase".
     """
 
     proposals: str = "auto"
@@ -64,6 +67,7 @@ class RegionConfig:
     detector_model: str | None = None
     detector_threshold: float = 0.1
     batch_size: int = 256
+    relations_by: str = "noun"
 
     def __post_init__(self):
         if self.proposals not in PROPOSALS:
@@ -74,6 +78,8 @@ class RegionConfig:
             raise ValueError('proposals="detector" needs detector_model (an OWLv2 id or folder)')
         if not 0 <= self.max_overlap <= 1 or not 0 <= self.dead_zone < 0.5:
             raise ValueError("max_overlap must lie in [0, 1] and dead_zone in [0, 0.5)")
+        if self.relations_by not in ("noun", "phrase"):
+            raise ValueError(f"relations_by must be noun or phrase, got {self.relations_by!r}")
         if self.top_k < 1 or self.batch_size < 1:
             raise ValueError("top_k and batch_size must be >= 1")
 
@@ -107,9 +113,18 @@ def plan_regions(
     st: PromptStructure, size: tuple[int, int], cfg: RegionConfig, boxes: Sequence[Box] | None
 ) -> _Plan:
     """Proposals for one image: split lines, windows or given boxes (see `RegionConfig`)."""
-    mode = cfg.proposals
+    mode = cfg.proposals if cfg.proposals in ("auto", "partitions", "windows") else "auto"
     if boxes is not None:
-        return _Plan([tuple(map(float, b)) for b in boxes])
+        h, w = size
+        kept = []
+        for b in boxes:  # clipped to the image; a box with no area left is dropped
+            x0, y0, x1, y1 = (float(v) for v in b)
+            c = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
+            if c[2] > c[0] and c[3] > c[1]:
+                kept.append(c)
+        if kept:
+            return _Plan(kept)
+        logger.info("no usable box given: falling back to %s proposals", cfg.proposals)
     if mode == "auto":
         mode = "partitions" if len(st.phrases) <= 2 else "windows"
     if mode == "partitions" and len(st.phrases) <= 2:
@@ -135,6 +150,7 @@ def assign(
     top_k: int = 8,
     max_overlap: float = 0.3,
     dead_zone: float = 0.05,
+    relation_cos: torch.Tensor | None = None,
 ) -> tuple[tuple[int, ...], float, list[float | None]]:
     """The phrases' regions: the arrangement with the best total cosine that obeys every
     judged relation (beyond the dead zone) with overlaps of at most `max_overlap`; and for
@@ -143,9 +159,14 @@ def assign(
 
     cos: (R, P) cosine of region r with phrase p. candidates: arrangements to consider (a
     region index per phrase); default: every combination of each phrase's `top_k` regions.
+    relation_cos: (R, P) the cosines relations are judged by (default `cos`): where each
+        object *is* may be better told by its noun alone ("a circle") than by the whole
+        phrase, whose attributes may belong to the other object.
     Returns (region index per phrase, the stated total, margin per relation). When no
     arrangement obeys the relations, the best one overall is returned with its total."""
     c = cos.detach().float().cpu()
+    rc = c if relation_cos is None else relation_cos.detach().float().cpu()
+    stated_rel = -math.inf
     n_p = c.shape[1]
     if candidates is None:
         k = min(top_k, c.shape[0])
@@ -162,19 +183,21 @@ def assign(
         ):
             continue
         total = float(sum(c[i, p] for p, i in enumerate(cand)))
+        rtotal = total if relation_cos is None else float(sum(rc[i, p] for p, i in enumerate(cand)))
         verdicts = []
         for j, rel in enumerate(relations):
             m = _relation_margin(rel, chosen, size)
             v = None if m is None else holds(m, dead_zone)
             verdicts.append(v)
-            if v is False and total > reversed_best[j]:
-                reversed_best[j] = total
+            if v is False and rtotal > reversed_best[j]:
+                reversed_best[j] = rtotal
         if best_any is None or total > best_any[1]:
             best_any = (cand, total)
         if all(v is not False and (v is True or not rel.judged)
                for v, rel in zip(verdicts, relations)):
             if best_ok is None or total > best_ok[1]:
                 best_ok = (cand, total)
+            stated_rel = max(stated_rel, rtotal)
     if best_any is None:  # every arrangement overlaps: take each phrase's best region
         cand = tuple(int(c[:, p].argmax()) for p in range(n_p))
         best_any = (cand, float(sum(c[i, p] for p, i in enumerate(cand))))
@@ -183,11 +206,19 @@ def assign(
     for j, rel in enumerate(relations):
         if not rel.judged or reversed_best[j] == -math.inf:
             margins.append(None)
-        elif best_ok is None:
-            margins.append(min(0.0, total - reversed_best[j]) - 1e-9)
+        elif best_ok is None:  # nothing obeys the stated geometry
+            margins.append(-abs(reversed_best[j]) - 1e-9)
         else:
-            margins.append(total - reversed_best[j])
+            margins.append(stated_rel - reversed_best[j])
     return tuple(chosen_cand), total, margins
+
+
+def _noun_query(phrase) -> str:
+    """What an object is looked for by when judging where it is: its article and noun ("a
+    circle" for "a small red circle")."""
+    first = phrase.text.split()[0].lower() if phrase.text.split() else ""
+    noun = phrase.noun
+    return f"{first} {noun}" if first in ("a", "an", "the") and noun.lower() != first else noun
 
 
 def combined_score(
@@ -276,7 +307,10 @@ def score_regions(
                           cfg.isolation, fill=fill)
             embs.append(backend.encode_image(backend.preprocess_tensor(reg)).float())
         emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
-        texts = sorted({p.text for b in todo for p in structures[b].phrases})
+        texts = sorted(
+            {p.text for b in todo for p in structures[b].phrases}
+            | {_noun_query(p) for b in todo for p in structures[b].phrases}
+        )
         t = detector.text_embeddings(texts)
     col = {s: i for i, s in enumerate(texts)}
 
@@ -289,9 +323,14 @@ def score_regions(
         pos += r + 1
         cos = e @ t[[col[p.text] for p in st.phrases]].T  # (R + 1, P)
         blank = cos[-1]
+        rel_cos = None
+        nouns = [_noun_query(p) for p in st.phrases]
+        if cfg.relations_by == "noun" and len(set(nouns)) == len(nouns):
+            rel_cos = (e @ t[[col[q] for q in nouns]].T)[:-1]
         cand, _, margins = assign(
             cos[:-1], plan.boxes, st.relations, size, candidates=plan.candidates,
             top_k=cfg.top_k, max_overlap=cfg.max_overlap, dead_zone=cfg.dead_zone,
+            relation_cos=rel_cos,
         )
         chosen = [plan.boxes[i] for i in cand]
         pc = [float(cos[i, p]) for p, i in enumerate(cand)]
@@ -353,7 +392,11 @@ def _assemble(rep, st, res, phrase_reps, eps, size) -> RegionReport:
         if owner is not None and key in attr and attr[key] is not None and w.score is not None:
             s = attr[key]
             if not found[owner]:
-                s = min(s, lifts[owner] + eps) if content else s
+                # found nowhere: its noun first (the object itself is what is missing), then
+                # its other content words, all below eps by how little the phrase lifted
+                if content:
+                    noun = w.word == st.phrases[owner].noun
+                    s = min(s, lifts[owner] + eps * (2.0 if noun else 1.0))
                 mis = content or s < eps
                 words.append(RegionWord(w.word, w.start, w.end, s, mis, chosen[owner],
                                         "missing", owner))
