@@ -71,6 +71,8 @@ RECIPES = {
     "GRPO (KL 0.1), F-CLIPScore": ("grpo", {"reward": "f_clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), CLIPScore (twin)": ("grpo", {"reward": "clip_score", "kl": 0.1}),
     "GRPO (KL 0.1), oracle (ceiling)": ("grpo", {"reward": "oracle", "kl": 0.1}),
+    # the same recipe on the region-aware reward (feedback.regions: each object on its region)
+    "GRPO (KL 0.1), region score": ("grpo", {"reward": "regions", "kl": 0.1}),
     # the control: continued training on rendered scenes alone, no sample generated
     "anchors only (control: more training, no feedback)": ("anchors", {}),
     # the KL weight's sweep (0 is DDPO)
@@ -91,6 +93,7 @@ TWINS = {
     "relabel, oracle (ceiling), anchors": "relabel, CLIPScore (twin), anchors",
     "GRPO (KL 0.1), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
     "GRPO (KL 0.1), oracle (ceiling)": "GRPO (KL 0.1), CLIPScore (twin)",
+    "GRPO (KL 0.1), region score": "GRPO (KL 0.1), CLIPScore (twin)",
     "GRPO (KL 0.01), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
     "GRPO (KL 1), F-CLIPScore": "GRPO (KL 0.1), CLIPScore (twin)",
 }

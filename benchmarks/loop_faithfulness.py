@@ -37,6 +37,7 @@ from feedback import (
     select_misaligned,
     sum_negative_attribution,
 )
+from feedback.detector import reports_from_output
 from generation import FeedbackPipeline, LoopConfig
 from generation.selection import best_index
 from shapesworld.pipelines import (
@@ -78,14 +79,21 @@ class Clock:
         self.generation = 0.0
 
     def wrap(self, fb: FeedbackPipeline) -> FeedbackPipeline:
-        score, gen = fb.detector.score, fb.adapter.generate
+        gen = fb.adapter.generate
+        depth = [0]  # region scoring calls the detector's score inside: count it once
 
-        def timed_score(*a, **k):
-            t = time.perf_counter()
-            try:
-                return score(*a, **k)
-            finally:
-                self.feedback += time.perf_counter() - t
+        def timed(fn):
+            def run(*a, **k):
+                t = time.perf_counter()
+                depth[0] += 1
+                try:
+                    return fn(*a, **k)
+                finally:
+                    depth[0] -= 1
+                    if depth[0] == 0:
+                        self.feedback += time.perf_counter() - t
+
+            return run
 
         def timed_gen(*a, **k):
             t = time.perf_counter()
@@ -94,7 +102,8 @@ class Clock:
             finally:
                 self.generation += time.perf_counter() - t
 
-        fb.detector.score = timed_score
+        fb.detector.score = timed(fb.detector.score)
+        fb.detector.score_regions = timed(fb.detector.score_regions)
         fb.adapter.generate = timed_gen
         return fb
 
@@ -140,6 +149,15 @@ def main():
     p.add_argument(
         "--ae-no-stop", action="store_true", help="Attend-and-Excite uses the whole budget"
     )
+    p.add_argument(
+        "--plain-only", action="store_true", help="only the best-of-N rows (plain samples)"
+    )
+    p.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="every loop judges on the whole image (LoopConfig(regions=False)): the rows as "
+        "they were before region-aware scoring",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,12 +187,25 @@ def main():
 
     # Plain samples once: single, best-of-N by CLIPScore / F-CLIPScore, any-right ceiling.
     plain = FeedbackPipeline(
-        pipe, det, LoopConfig(strategy="best_of_n", max_images=N), verifier=ver
+        pipe,
+        det,
+        LoopConfig(strategy="best_of_n", max_images=N, regions=not args.no_regions),
+        verifier=ver,
     )
-    keys = ("single", "bon_clip", "bon_fclip", "bon_fclip_card", "bon_verifier", "any")
+    keys = (
+        "single",
+        "bon_clip",
+        "bon_fclip_whole",
+        "bon_fclip",
+        "bon_fclip_card",
+        "bon_verifier",
+        "any",
+    )
     rows = {k: [] for k in keys if ver is not None or k != "bon_verifier"}
     p_two, clip_two, right_two = [], [], []  # plain two-object samples, for the AUC
+    reg_two = []
     jrows = {k: [] for k in ("single", "bon_clip", "bon_fclip")}
+    only_plain = args.plain_only
     flagged = flagged_wrong = wrong_total = wrong_caught = 0
     per_kind: dict[str, list[int]] = {}  # kind -> [right, right flagged, wrong, wrong flagged]
     for i, pr in enumerate(tqdm(prompts, desc="plain samples")):
@@ -184,13 +215,16 @@ def main():
         js = [judge_tensor(im, pr.text) for im in rec.images]
         ok = [j.all_correct for j in js]
         ci = max(range(N), key=lambda k: (rec.reports[k].clip_score, -k))
-        fi = best_index(rec.reports)  # the rule without a card
+        fi = best_index(rec.reports)  # the rule without a card (region-aware by default)
+        whole = reports_from_output(det.score(rec.images, [pr.text] * N))
+        wi = best_index(whole)  # the rule without a card before region scoring
         if ver is not None:
             rows["bon_verifier"].append(ok[h.best[1]])
             if pr.n_objects == 2:
                 p_two += list(rec.p_right)
-                clip_two += [r.clip_score for r in rec.reports]
-                right_two += ok
+        if pr.n_objects == 2:
+            clip_two += [r.clip_score for r in rec.reports]
+            right_two += ok
 
         def f_at(rep, e=card):  # F-CLIPScore had the detector used the card's eps
             scores = [w.score for w in rep.words]
@@ -203,6 +237,10 @@ def main():
         rows["single"].append(ok[0])
         rows["bon_clip"].append(ok[ci])
         rows["bon_fclip"].append(ok[fi])
+        rows["bon_fclip_whole"].append(ok[wi])
+        if pr.n_objects == 2:
+            reg_two += [r.score if getattr(r, "regional", False) else r.cosine
+                        for r in rec.reports]
         rows["any"].append(any(ok))
         jrows["single"].append(js[0])
         jrows["bon_clip"].append(js[ci])
@@ -224,6 +262,7 @@ def main():
     judgements.update(jrows)
 
     def loop_cfg(strategy, **kw):
+        kw.setdefault("regions", not args.no_regions)
         return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
 
     stop = "stop by the verifier" if ver is not None else "stop when nothing flagged"
@@ -247,12 +286,17 @@ def main():
         ),
         # the oracle's verdicts drive the fix and the stop: no card (its features would be
         # computed from the oracle's fake scores)
-        "oracle-driven reweight": (oracle_det, loop_cfg("reweight")),
-        "oracle-driven phrase guidance": (oracle_det, loop_cfg("phrase_guidance")),
+        "oracle-driven reweight": (oracle_det, loop_cfg("reweight", regions=False)),
+        "oracle-driven phrase guidance": (
+            oracle_det,
+            loop_cfg("phrase_guidance", regions=False),
+        ),
     }
     if every:
         loops[f"reweight{every}"] = (det, loop_cfg("reweight", gate_fixes=False))
         loops[f"phrase guidance{every}"] = (det, loop_cfg("phrase_guidance", gate_fixes=False))
+    if only_plain:
+        loops = {}
     if args.only:
         loops = {k: v for k, v in loops.items() if any(o in k for o in args.only)}
     if args.skip:
@@ -276,7 +320,7 @@ def main():
             with open(args.json + ".partial", "w") as f:
                 json.dump({"n_objects": n_obj.tolist(), "ok": partial}, f)
 
-    ae_idx = list(range(min(args.ae_n, args.n)))
+    ae_idx = [] if only_plain else list(range(min(args.ae_n, args.n)))
     if ae_idx:
         clock = Clock()
         fb = clock.wrap(
@@ -297,7 +341,8 @@ def main():
     names = {
         "single": "single sample",
         "bon_clip": f"best-of-{N} by CLIPScore",
-        "bon_fclip": f"best-of-{N} by F-CLIPScore (the rule without a card)",
+        "bon_fclip": f"best-of-{N} by the region score (the rule without a card)",
+        "bon_fclip_whole": f"best-of-{N} by whole-image F-CLIPScore (no card, no regions)",
         "bon_verifier": f"best-of-{N} by the verifier card ({ver.select_by if ver else ''})",
         "bon_fclip_card": f"best-of-{N} by F-CLIPScore at the detector card's eps",
         "any": f"any of {N} plain samples right (ceiling)",
@@ -326,21 +371,29 @@ def main():
             f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
     auc = None
-    if ver is not None and right_two and any(right_two) and not all(right_two):
+    if right_two and any(right_two) and not all(right_two):
         from sklearn.metrics import roc_auc_score
 
+        two = n_obj == 2
         auc = {
-            "verifier": float(roc_auc_score(right_two, p_two)),
             "clip_score": float(roc_auc_score(right_two, clip_two)),
+            "region_score": float(roc_auc_score(right_two, reg_two)),
             "n_images": len(right_two),
             "n_right": int(sum(right_two)),
         }
-        two = n_obj == 2
-        print(
+        line = (
             f"\nPlain two-object samples ({auc['n_images']}, {auc['n_right']} right): AUC right "
-            f"vs wrong, verifier's P(right) {auc['verifier']:.3f}, CLIPScore "
-            f"{auc['clip_score']:.3f}; selection accuracy (kept image right), verifier card "
-            f"{100 * results['bon_verifier'][two].mean():.1f}%, CLIPScore "
+            f"vs wrong, region score {auc['region_score']:.3f}, CLIPScore "
+            f"{auc['clip_score']:.3f}"
+        )
+        if ver is not None:
+            auc["verifier"] = float(roc_auc_score(right_two, p_two))
+            line += (
+                f", verifier's P(right) {auc['verifier']:.3f}; selection accuracy (kept image "
+                f"right), verifier card {100 * results['bon_verifier'][two].mean():.1f}%"
+            )
+        print(
+            line + f"; region score {100 * results['bon_fclip'][two].mean():.1f}%, CLIPScore "
             f"{100 * results['bon_clip'][two].mean():.1f}%"
         )
     print("\nWord-kind accuracy of the kept image (all prompts):\n")

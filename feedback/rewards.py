@@ -11,6 +11,15 @@ below which 10% of correct captions get a false flag) and otherwise the paper's 
 - word/token reward = word score / unit: below -1 means "flagged".
 
 The paper-faithful scores in `DetectorOutput` are untouched; only these rewards are scaled.
+
+Region mode (`RewardConfig(regions=True)`): prompts of two or more objects (or a placed one)
+are judged by `feedback.regions` -- each object phrase on its own region, each placement by
+where the objects are -- and the image reward is the region score (`RegionReport.score`: the
+weakest object's cosine on its region, lowered by failed relations and missing objects;
+cosine units, so a group's rewards compare directly); a prompt of one object gets its
+whole-image cosine. Word rewards are the region words' scores in units, clipped to
+[-`word_clip`, `word_clip`] (a relation word's score is a cosine margin, far larger than an
+attribution).
 """
 
 from __future__ import annotations
@@ -31,11 +40,15 @@ class RewardConfig:
     clip_score_weight: weight of CLIPScore (0-2.5 scale) added to the image reward.
     invalid_reward: reward given to a sample whose scores were non-finite (it is also marked
         invalid in the info, so a trainer can drop it instead).
+    regions: judge prompts of two or more objects by regions (see the module docstring).
+    word_clip: in region mode, word rewards are clipped to [-word_clip, word_clip].
     """
 
     unit: float | None = None
     clip_score_weight: float = 0.0
     invalid_reward: float = 0.0
+    regions: bool = False
+    word_clip: float = 4.0
 
 
 @dataclass
@@ -51,6 +64,7 @@ class RewardInfo:
     word_rewards: torch.Tensor
     valid: torch.Tensor
     unit: float
+    regions: list | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +72,7 @@ class RewardInfo:
             "word_rewards": self.word_rewards.tolist(),
             "valid": self.valid.tolist(),
             "unit": self.unit,
+            "regions": None if self.regions is None else [r.to_dict() for r in self.regions],
         }
 
 
@@ -105,9 +120,48 @@ class FeedbackReward:
 
     def __call__(self, images, prompts, metadata=None) -> tuple[torch.Tensor, RewardInfo]:
         out = self.detector.score(images, list(prompts), nan_policy="mask")
+        if self.config.regions:
+            return self._region_rewards(images, out)
         rewards = self.image_reward(out.f_clip_score, out.clip_score)
         rewards = torch.where(out.valid, rewards, self.config.invalid_reward)
         info = RewardInfo(out, out.word_scores / self.unit, out.valid, self.unit)
+        return rewards, info
+
+    def _region_rewards(self, images, out: DetectorOutput) -> tuple[torch.Tensor, RewardInfo]:
+        from .detector import reports_from_output
+
+        if not isinstance(images, torch.Tensor):
+            from torchvision.transforms.functional import pil_to_tensor
+
+            loaded = self.detector._load_images(images)
+            if len({im.size for im in loaded}) > 1:
+                raise ValueError("region rewards need images of one size (a batch tensor)")
+            images = torch.stack([pil_to_tensor(im).float() / 255 for im in loaded])
+        whole = reports_from_output(out)
+        dev = out.cosine.device
+        ok = [i for i, v in enumerate(out.valid.tolist()) if v]
+        regions: list = list(whole)
+        if ok:
+            x = images[ok].detach().to(self.detector.backend.device, torch.float32)
+            for i, rep in zip(
+                ok,
+                self.detector.score_regions(
+                    x, [out.captions[i] for i in ok], whole=[whole[i] for i in ok]
+                ),
+            ):
+                regions[i] = rep
+        score = torch.tensor(
+            [float(getattr(r, "score", r.cosine)) for r in regions], device=dev
+        )
+        rewards = score + self.config.clip_score_weight * out.clip_score
+        rewards = torch.where(out.valid, rewards, self.config.invalid_reward)
+        words = torch.zeros_like(out.word_scores)
+        for i in ok:
+            for j, w in enumerate(regions[i].words[: words.shape[1]]):
+                if w.score is not None and bool(out.word_mask[i, j]):
+                    words[i, j] = w.score / self.unit
+        c = self.config.word_clip
+        info = RewardInfo(out, words.clamp(-c, c), out.valid, self.unit, regions)
         return rewards, info
 
     def token_rewards(

@@ -27,6 +27,7 @@ from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRec
 from .prompt_syntax import ParsedPrompt, parse_prompt
 from .strategies import LoopState, RoundPlan, get_strategy
 from .verifier import (
+    auto_verifier,
     gate,
     load_verifier,
     rank,
@@ -50,9 +51,12 @@ class FeedbackPipeline:
     adapter: a family name ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "generic"), an
         adapter class or instance; default: picked from the pipeline's class and components.
     verifier: a `feedback.Verifier` card (or its path) fitted on this generator's labelled
-        images: the loop keeps the image with the highest P(right) and stops early only when
-        it reaches the card's stop level (`generation.verifier`). None: F-CLIPScore selection
-        and stop when nothing is flagged (said once).
+        images: the loop keeps the image the card ranks first and stops early only when its
+        P(right) reaches the card's stop level (`generation.verifier`). "auto" (default): the
+        card beside the pipeline's weights (`<folder>/verifier.json`) when it was fitted for
+        this detector, at the card's eps. None: selection by the region-aware score for
+        prompts of two or more objects, else by F-CLIPScore, and stop when nothing is flagged
+        (said once).
     """
 
     def __init__(
@@ -62,9 +66,11 @@ class FeedbackPipeline:
         config: LoopConfig | None = None,
         *,
         adapter: str | type[PipelineAdapter] | PipelineAdapter | None = None,
-        verifier=None,
+        verifier="auto",
     ):
         self.adapter = adapter_for(pipe, adapter)
+        if isinstance(verifier, str) and verifier == "auto":
+            verifier, detector = auto_verifier(pipe, detector)
         self.verifier = load_verifier(verifier)
         if self.verifier is None:
             say_no_verifier_once()

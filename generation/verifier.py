@@ -30,6 +30,63 @@ from .strategies.base import RoundPlan
 _told = False
 
 
+#: The file a pipeline folder's verifier card is read from (`find_card`).
+CARD_FILE = "verifier.json"
+
+
+def find_card(pipe) -> Path | None:
+    """The verifier card beside the pipeline's weights (`<folder>/verifier.json`, where the
+    pipeline was loaded from: `pipe.name_or_path`), or None."""
+    root = getattr(pipe, "name_or_path", None)
+    if root is None:
+        root = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    if not isinstance(root, (str, Path)) or not str(root):
+        return None
+    path = Path(root) / CARD_FILE
+    return path if path.is_file() else None
+
+
+def auto_verifier(pipe, detector):
+    """`verifier="auto"`: the card beside the pipeline when it was fitted for this detector,
+    and the detector at the card's eps (the card's features and stop level were measured
+    there); (None, detector) when the pipeline's folder holds no card or one for another
+    detector (said once)."""
+    from dataclasses import replace
+
+    path = find_card(pipe)
+    if path is None:
+        return None, detector
+    card = Verifier.load(path)
+    name = detector.backend.name
+    if card.detector and card.detector != name:
+        _say_once(
+            f"card-{path}-{name}",
+            f"the pipeline's verifier card ({path}) was fitted for the detector "
+            f"{card.detector!r}, not {name!r}: the loop runs without a card (fit one for this "
+            "detector with `clip4dm calibrate --verifier`)",
+        )
+        return None, detector
+    if card.threshold is not None and abs(card.threshold - detector.config.threshold) > 1e-12:
+        _say_once(
+            f"eps-{path}-{name}-{detector.config.threshold}",
+            f"the loop uses the pipeline's verifier card ({path}) and judges at its eps "
+            f"{card.threshold:.6g} (the detector was loaded at {detector.config.threshold:.6g}); "
+            "pass verifier=None for neither",
+        )
+        detector = type(detector)(detector.backend, replace(detector.config,
+                                                            threshold=card.threshold))
+    return card, detector
+
+
+_said: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
 def load_verifier(verifier) -> Verifier | None:
     """A `Verifier`, a card path, or None (no verifier)."""
     if verifier is None or isinstance(verifier, Verifier):
@@ -44,8 +101,9 @@ def say_no_verifier_once() -> None:
     if not _told:
         _told = True
         warnings.warn(
-            "no verifier card: the loop keeps the best image by F-CLIPScore (ties by "
-            "CLIPScore) and stops when the detector flags nothing; fit a verifier on ~300 "
+            "no verifier card: the loop keeps the best image by the region score (prompts of "
+            "two or more objects) or F-CLIPScore (ties by CLIPScore) and stops when the "
+            "detector flags nothing; fit a verifier on ~300 "
             "labelled images of your generator with `clip4dm calibrate --verifier` and pass "
             "it as FeedbackPipeline(..., verifier=card)",
             stacklevel=3,

@@ -1,7 +1,7 @@
 """KL-anchored online fine-tuning (Flow-GRPO/DDPO-style with a reference policy).
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_grpo.py --output-dir runs/grpo \
-        [--reward f_clip_score|clip_score|oracle|oracle_dense] [--kl 0.1]
+        [--reward f_clip_score|regions|clip_score|oracle|oracle_dense] [--kl 0.1]
 
 Per training prompt a group of `--images-per-prompt` images from a stochastic DDIM sampler that
 records every step's log-probability; rewards normalized within each prompt's group
@@ -9,7 +9,8 @@ records every step's log-probability; rewards normalized within each prompt's gr
 recorded step of a minibatch **plus `--kl` times the KL of that step's Gaussian under the
 current LoRA to the frozen base's** (the adapters switched off, same latent), which the
 Flow-GRPO authors say must not be 0: it holds the model near the base while it climbs the
-reward. Rewards: `f_clip_score` (CLIP4DM), `clip_score` (the twin), `oracle` (the ceiling:
+reward. Rewards: `f_clip_score` (CLIP4DM), `regions` (the region score, `feedback.regions`),
+`clip_score` (the twin), `oracle` (the ceiling:
 the pixel oracle's verdict) and `oracle_dense` (the share of the prompt's words right). The
 round's mean KL is logged (`kl`). LoRA only (`--rank`); shared pieces:
 `generation.finetune.policy`.

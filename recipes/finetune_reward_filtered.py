@@ -32,7 +32,7 @@ from recipes.cli import parse_config, run_recipe
 from recipes.shapes_rounds import oracle_verdicts, run_shapes_rounds
 from shapesworld.pipelines import loop_threshold
 
-REWARDS = ("f_clip_score", "clip_score", "oracle", "oracle_dense")
+REWARDS = ("f_clip_score", "regions", "clip_score", "oracle", "oracle_dense")
 
 
 @dataclass
@@ -70,19 +70,20 @@ def load_detector(detector: str, device):
 
 def make_reward(detector: str, which: str, device):
     """reward(images, prompts) -> (N,): F-CLIPScore / |eps| (+ a CLIPScore tie-break far
-    below one eps unit), CLIPScore, or the ShapesWorld oracle's verdict (1 when the image
+    below one eps unit), the region score ("regions": `RewardConfig(regions=True)`), CLIPScore, or the ShapesWorld oracle's verdict (1 when the image
     satisfies the whole prompt; + the same CLIPScore tie-break): what perfect feedback would
     select, the ceiling of selection-based recipes."""
     from feedback import FeedbackReward, RewardConfig
     from shapesworld.pipelines import judge_tensor
 
     fr = FeedbackReward(
-        load_detector(detector, device), RewardConfig(clip_score_weight=CLIP_TIE_BREAK)
+        load_detector(detector, device),
+        RewardConfig(clip_score_weight=CLIP_TIE_BREAK, regions=which == "regions"),
     )
 
     def reward(images, prompts):
         rewards, info = fr(images, prompts)
-        if which == "f_clip_score":
+        if which in ("f_clip_score", "regions"):
             return rewards
         clip = info.output.clip_score
         if which == "oracle":
