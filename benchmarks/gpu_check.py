@@ -9,11 +9,12 @@ download); ratios are measured in the same process, so a noisy machine cancels o
 1. For each open_clip shape (ViT-B/32, ViT-L/14, ViT-H/14 by default), dtype (fp16, bf16) and
    batch (1, 8, 32): images/s of `MisalignmentDetector.score` (CLIP4DM attribution, the last
    K=3 text layers) and of a CLIPScore forward (image + text towers, no gradients), and their
-   ratio.
+   ratio; and of region-aware scoring (`score_regions`, a two-object prompt: every split-line
+   region encoded, each phrase attributed on its own region) against the detector.
 2. With `--pipeline PATH` (any local diffusers text-to-image folder; SDXL-, SD3- or FLUX-
    shaped random pipelines can be saved there with `save_pretrained`): one loop round
    (`FeedbackPipeline`, best_of_n, 1 image) per size in `--sizes`, `--steps` steps, and the
-   share of its time spent in the detector.
+   share of its time spent in the detector (region scoring included).
 Prints markdown tables and, with `--json`, writes them.
 """
 
@@ -76,7 +77,11 @@ def detector_rows(models, dtypes, batches, device, layers=3):
                     txt = m.encode_text(tok(caps).to(device))
                     torch.nn.functional.cosine_similarity(img.float(), txt.float())
 
+                def regions(det=det, x=x, caps=caps):
+                    det.score_regions(x, caps)
+
                 tf, tc = _timeit(feedback, device), _timeit(clipscore, device)
+                tr = _timeit(regions, device)
                 rows.append(
                     {
                         "model": name,
@@ -84,11 +89,14 @@ def detector_rows(models, dtypes, batches, device, layers=3):
                         "batch": b,
                         "detector_img_s": b / tf,
                         "clipscore_img_s": b / tc,
+                        "regions_img_s": b / tr,
                         "detector_over_clipscore_time": tf / tc,
+                        "regions_over_detector_time": tr / tf,
                     }
                 )
                 print(
-                    f"| {name} | {dname} | {b} | {b / tf:.1f} | {b / tc:.1f} | {tf / tc:.2f}x |",
+                    f"| {name} | {dname} | {b} | {b / tf:.1f} | {b / tc:.1f} | {tf / tc:.2f}x | "
+                    f"{b / tr:.1f} | {tr / tf:.2f}x |",
                     flush=True,
                 )
     return rows
@@ -106,19 +114,25 @@ def loop_rows(path, sizes, steps, device, dtype):
     rows = []
     for px in sizes:
         fb = FeedbackPipeline(pipe, det, LoopConfig(strategy="best_of_n", max_images=1))
-        clock = {"detector": 0.0}
-        score = det.score
+        clock = {"detector": 0.0, "depth": 0}
+        score, score_regions = det.score, det.score_regions
 
-        def timed(*a, _score=score, clock=clock, **k):
-            _sync(device)
-            t = time.perf_counter()
-            try:
-                return _score(*a, **k)
-            finally:
+        def timing(fn, clock=clock):
+            def run(*a, **k):  # region scoring calls score inside: count the outer call
                 _sync(device)
-                clock["detector"] += time.perf_counter() - t
+                t = time.perf_counter()
+                clock["depth"] += 1
+                try:
+                    return fn(*a, **k)
+                finally:
+                    _sync(device)
+                    clock["depth"] -= 1
+                    if clock["depth"] == 0:
+                        clock["detector"] += time.perf_counter() - t
 
-        det.score = timed
+            return run
+
+        det.score, det.score_regions = timing(score), timing(score_regions)
         kw = dict(num_inference_steps=steps, height=px, width=px, output_type="pt")
         fb("a small red circle to the left of a large blue square", **kw)  # warm-up
         clock["detector"] = 0.0
@@ -127,7 +141,7 @@ def loop_rows(path, sizes, steps, device, dtype):
         fb("a small red circle to the left of a large blue square", **kw)
         _sync(device)
         total = time.perf_counter() - t
-        det.score = score
+        det.score, det.score_regions = score, score_regions
         share = clock["detector"] / total
         rows.append(
             {
@@ -157,9 +171,10 @@ def main():
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"device: {dev}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n")
     print(
-        "| model | dtype | batch | detector img/s | CLIPScore img/s | detector time / CLIPScore |"
+        "| model | dtype | batch | detector img/s | CLIPScore img/s | detector time / CLIPScore "
+        "| regions img/s | regions time / detector |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     out = {"device": dev, "date": time.strftime("%Y-%m-%d")}
     out["detector"] = detector_rows(args.models, args.dtypes, args.batches, args.device)
     if args.pipeline:

@@ -239,8 +239,7 @@ def main():
         rows["bon_fclip"].append(ok[fi])
         rows["bon_fclip_whole"].append(ok[wi])
         if pr.n_objects == 2:
-            reg_two += [r.score if getattr(r, "regional", False) else r.cosine
-                        for r in rec.reports]
+            reg_two += [r.score if getattr(r, "regional", False) else r.cosine for r in rec.reports]
         rows["any"].append(any(ok))
         jrows["single"].append(js[0])
         jrows["bon_clip"].append(js[ci])

@@ -260,9 +260,7 @@ class MisalignmentDetector:
         else:
             from torchvision.transforms.functional import pil_to_tensor
 
-            tensors = [
-                (pil_to_tensor(im).float() / 255)[None] for im in self._load_images(images)
-            ]
+            tensors = [(pil_to_tensor(im).float() / 255)[None] for im in self._load_images(images)]
         out: list = []
         for i in tqdm(range(len(captions)), disable=not progress, desc="clip4dm regions"):
             bx = None if boxes is None else [boxes[i]]
@@ -287,9 +285,7 @@ class MisalignmentDetector:
         check_image_tensor(images)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
-            return score_regions(
-                self, images, captions, config=config, boxes=boxes, whole=whole
-            )
+            return score_regions(self, images, captions, config=config, boxes=boxes, whole=whole)
 
     # ---------------------------------------------------------------------------------------
     def _check_pairs(self, images, captions) -> list[str]:

@@ -128,9 +128,7 @@ PALETTE = (
 def word_colours(report: MisalignmentReport) -> dict[int, tuple[int, int, int]]:
     """Index of each flagged word that has a box (`feedback.regions.RegionWord`) -> the colour
     its box and underline are drawn in."""
-    flagged = [
-        i for i, w in enumerate(report.words) if w.misaligned and getattr(w, "box", None)
-    ]
+    flagged = [i for i, w in enumerate(report.words) if w.misaligned and getattr(w, "box", None)]
     return {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(flagged)}
 
 

@@ -150,9 +150,7 @@ class FeedbackReward:
                 ),
             ):
                 regions[i] = rep
-        score = torch.tensor(
-            [float(getattr(r, "score", r.cosine)) for r in regions], device=dev
-        )
+        score = torch.tensor([float(getattr(r, "score", r.cosine)) for r in regions], device=dev)
         rewards = score + self.config.clip_score_weight * out.clip_score
         rewards = torch.where(out.valid, rewards, self.config.invalid_reward)
         words = torch.zeros_like(out.word_scores)

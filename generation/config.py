@@ -26,7 +26,9 @@ class LoopConfig:
         term, composable-diffusion style, and regenerate; words between phrases, such as
         relations, and prompts of one phrase are re-weighted instead; see
         `generation.guidance` and `generation.phrases`) or
-        "attend_and_excite" (hand the misaligned words to Attend-and-Excite, regenerate).
+        "attend_and_excite" (hand the misaligned words to Attend-and-Excite, regenerate) or
+        "region_fix" (regenerate only the box of the worst flagged word's object with the
+        family's inpainting pipeline, keep the rest; needs `regions`).
     max_images: image budget per prompt (all rounds together).
     max_rounds: round budget per prompt (round 0 is the plain generation).
     samples_per_round: images per round (the last round may get fewer: the budget rules).

@@ -401,7 +401,9 @@ class FeedbackPipeline:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
             regional = self.detector.score_regions(
-                x, [prompt] * len(ok), whole=[reports[i] for i in ok],
+                x,
+                [prompt] * len(ok),
+                whole=[reports[i] for i in ok],
                 config=self.config.region_config,
             )
         out_reports = list(reports)

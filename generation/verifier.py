@@ -73,8 +73,9 @@ def auto_verifier(pipe, detector):
             f"{card.threshold:.6g} (the detector was loaded at {detector.config.threshold:.6g}); "
             "pass verifier=None for neither",
         )
-        detector = type(detector)(detector.backend, replace(detector.config,
-                                                            threshold=card.threshold))
+        detector = type(detector)(
+            detector.backend, replace(detector.config, threshold=card.threshold)
+        )
     return card, detector
 
 

@@ -70,9 +70,10 @@ def load_detector(detector: str, device):
 
 def make_reward(detector: str, which: str, device):
     """reward(images, prompts) -> (N,): F-CLIPScore / |eps| (+ a CLIPScore tie-break far
-    below one eps unit), the region score ("regions": `RewardConfig(regions=True)`), CLIPScore, or the ShapesWorld oracle's verdict (1 when the image
-    satisfies the whole prompt; + the same CLIPScore tie-break): what perfect feedback would
-    select, the ceiling of selection-based recipes."""
+    below one eps unit), the region score ("regions": `RewardConfig(regions=True)`),
+    CLIPScore, or the ShapesWorld oracle's verdict (1 when the image satisfies the whole
+    prompt; + the same CLIPScore tie-break): what perfect feedback would select, the ceiling
+    of selection-based recipes."""
     from feedback import FeedbackReward, RewardConfig
     from shapesworld.pipelines import judge_tensor
 

@@ -146,7 +146,7 @@ def main(cfg: MeasureFixesConfig) -> dict:
     unique = list({(r["group"], r["fix"]): r for r in rows}.values())
     gains = fit_fix_gains(unique) if unique else {}
     if card is not None:
-        card.fix_gains = gains
+        card.fix_gains = {**card.fix_gains, **gains}  # fixes not measured here keep theirs
         card.save(cfg.verifier)
     (out / "gains.json").write_text(json.dumps(gains, indent=2))
     return {"trials": len(unique), "gains": gains, "card": cfg.verifier}

@@ -37,7 +37,11 @@ def test_relative_relation_splits_two_phrases():
     assert [p.text for p in st.phrases] == ["a small red circle", "a blue square"]
     (rel,) = st.relations
     assert (rel.text, rel.subject, rel.other, rel.axis, rel.sign) == (
-        "to the left of", 0, 1, "x", -1
+        "to the left of",
+        0,
+        1,
+        "x",
+        -1,
     )
     assert st.prompt[rel.start : rel.end] == "to the left of"
     assert [p.noun for p in st.phrases] == ["circle", "square"]
@@ -160,7 +164,9 @@ def test_combined_score_is_pulled_down_by_any_failure():
     assert good == pytest.approx(0.7)
     assert combined_score([0.8, 0.7], [True, True], [-0.3]) < good - 0.29
     assert combined_score([0.8, 0.7], [True, False], [None]) < good - 0.9
-    assert combined_score([0.9, 0.2], [True, True], []) < combined_score([0.6, 0.5], [True, True], [])
+    assert combined_score([0.9, 0.2], [True, True], []) < combined_score(
+        [0.6, 0.5], [True, True], []
+    )
 
 
 # --------------------------------------------------------------------------- the detector
@@ -290,9 +296,7 @@ def test_tensor_form_matches_the_image_form(det):
 def test_caller_boxes_are_the_regions(det):
     img = render_scene(_scene(("red", "circle"), ("blue", "square")))
     boxes = [(2, 10, 14, 22), (18, 10, 30, 22), (0, 0, 6, 6)]
-    (rep,) = det.detect_regions(
-        [img], ["a red circle to the left of a blue square"], boxes=[boxes]
-    )
+    (rep,) = det.detect_regions([img], ["a red circle to the left of a blue square"], boxes=[boxes])
     assert [p.box for p in rep.phrases] == [tuple(map(float, b)) for b in boxes[:2]]
     assert rep.relations[0].holds
 

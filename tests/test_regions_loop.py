@@ -106,8 +106,11 @@ def test_region_reward(det):
     from torchvision.transforms.functional import pil_to_tensor
 
     img = torch.stack([pil_to_tensor(_scene_image()).float() / 255] * 3)
-    prompts = [TWO.replace("small ", "large "), "a large red circle to the right of a blue square",
-               "a large red circle"]
+    prompts = [
+        TWO.replace("small ", "large "),
+        "a large red circle to the right of a blue square",
+        "a large red circle",
+    ]
     fr = FeedbackReward(det, RewardConfig(regions=True, word_clip=3.0))
     rewards, info = fr(img, prompts)
     regs = det.score_regions(img, prompts)
@@ -149,8 +152,13 @@ def test_calibrate_fits_the_card_on_region_reports(tmp_path, det, capsys):
     rows = []
     img = _scene_image()
     for g, (cap, right) in enumerate(
-        [(TWO.replace("small ", ""), True), ("a red circle to the right of a blue square", False),
-         ("a blue circle to the left of a red square", False), ("a red circle", True)] * 3
+        [
+            (TWO.replace("small ", ""), True),
+            ("a red circle to the right of a blue square", False),
+            ("a blue circle to the left of a red square", False),
+            ("a red circle", True),
+        ]
+        * 3
     ):
         name = f"im{g}.png"
         img.save(tmp_path / name)
@@ -160,8 +168,19 @@ def test_calibrate_fits_the_card_on_region_reports(tmp_path, det, capsys):
     card = tmp_path / "card.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["calibrate", "--data", str(data), "--model", LOOP_DETECTOR,
-                     "--threshold", "-0.0025", "--verifier", str(card)])
+        code = main(
+            [
+                "calibrate",
+                "--data",
+                str(data),
+                "--model",
+                LOOP_DETECTOR,
+                "--threshold",
+                "-0.0025",
+                "--verifier",
+                str(card),
+            ]
+        )
     assert code == 0
     out = capsys.readouterr().out
     assert "region score alone: AUC" in out

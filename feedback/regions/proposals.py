@@ -56,9 +56,9 @@ class ZeroShotProposer:
             found = self.pipe(pil, candidate_labels=nouns, threshold=self.threshold)
             boxes: list[Box] = []
             for noun in nouns:
-                hits = sorted(
-                    (d for d in found if d["label"] == noun), key=lambda d: -d["score"]
-                )[: self.top_k]
+                hits = sorted((d for d in found if d["label"] == noun), key=lambda d: -d["score"])[
+                    : self.top_k
+                ]
                 for d in hits:
                     b = d["box"]
                     box = (float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"]))

@@ -14,14 +14,21 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from ..report import MisalignmentReport
 from ..words import split_words
-from .geometry import Box, absolute_margin, holds, overlap, partitions, relative_margin
-from .geometry import sliding_windows
+from .geometry import (
+    Box,
+    absolute_margin,
+    holds,
+    overlap,
+    partitions,
+    relative_margin,
+    sliding_windows,
+)
 from .isolate import ISOLATIONS, background_colour, isolate
 from .report import PhraseResult, RegionReport, RegionWord, RelationResult
 from .structure import FUNCTION_WORDS, PromptStructure, Relation, parse_structure
@@ -193,8 +200,9 @@ def assign(
                 reversed_best[j] = rtotal
         if best_any is None or total > best_any[1]:
             best_any = (cand, total)
-        if all(v is not False and (v is True or not rel.judged)
-               for v, rel in zip(verdicts, relations)):
+        if all(
+            v is not False and (v is True or not rel.judged) for v, rel in zip(verdicts, relations)
+        ):
             if best_ok is None or total > best_ok[1]:
                 best_ok = (cand, total)
             stated_rel = max(stated_rel, rtotal)
@@ -240,9 +248,16 @@ def _whole_words(rep: MisalignmentReport) -> list[RegionWord]:
 def whole_image_region_report(rep: MisalignmentReport, size, regional=False) -> RegionReport:
     """The whole-image report as a `RegionReport` (one phrase, nothing placed: unchanged)."""
     return RegionReport(
-        rep.caption, _whole_words(rep), rep.cosine, rep.clip_score,
-        rep.sum_negative_attribution, rep.f_clip_score, rep.truncated,
-        score=float(rep.cosine), size=tuple(size), regional=regional,
+        rep.caption,
+        _whole_words(rep),
+        rep.cosine,
+        rep.clip_score,
+        rep.sum_negative_attribution,
+        rep.f_clip_score,
+        rep.truncated,
+        score=float(rep.cosine),
+        size=tuple(size),
+        regional=regional,
     )
 
 
@@ -303,8 +318,13 @@ def score_regions(
     embs = []
     with torch.no_grad():
         for i in range(0, len(flat), cfg.batch_size):
-            reg = isolate(images, index[i : i + cfg.batch_size], flat[i : i + cfg.batch_size],
-                          cfg.isolation, fill=fill)
+            reg = isolate(
+                images,
+                index[i : i + cfg.batch_size],
+                flat[i : i + cfg.batch_size],
+                cfg.isolation,
+                fill=fill,
+            )
             embs.append(backend.encode_image(backend.preprocess_tensor(reg)).float())
         emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
         texts = sorted(
@@ -328,8 +348,14 @@ def score_regions(
         if cfg.relations_by == "noun" and len(set(nouns)) == len(nouns):
             rel_cos = (e @ t[[col[q] for q in nouns]].T)[:-1]
         cand, _, margins = assign(
-            cos[:-1], plan.boxes, st.relations, size, candidates=plan.candidates,
-            top_k=cfg.top_k, max_overlap=cfg.max_overlap, dead_zone=cfg.dead_zone,
+            cos[:-1],
+            plan.boxes,
+            st.relations,
+            size,
+            candidates=plan.candidates,
+            top_k=cfg.top_k,
+            max_overlap=cfg.max_overlap,
+            dead_zone=cfg.dead_zone,
             relation_cos=rel_cos,
         )
         chosen = [plan.boxes[i] for i in cand]
@@ -355,11 +381,11 @@ def score_regions(
         st = structures[b]
         reps = att[k : k + len(st.phrases)]
         k += len(st.phrases)
-        out[b] = _assemble(whole[b], st, results[b], reps, eps, size)
+        out[b] = _assemble(whole[b], st, results[b], reps, eps, size, detector.config.mode)
     return out  # type: ignore[return-value]
 
 
-def _assemble(rep, st, res, phrase_reps, eps, size) -> RegionReport:
+def _assemble(rep, st, res, phrase_reps, eps, size, mode="threshold") -> RegionReport:
     chosen, pc, lifts, found, margins = res
     # each phrase word's attribution on its own region, by character span in the prompt
     attr: dict[tuple[int, int], float | None] = {}
@@ -378,14 +404,16 @@ def _assemble(rep, st, res, phrase_reps, eps, size) -> RegionReport:
         objs_found = found[rel.subject] and (rel.other is None or found[rel.other])
         verdict = None if m is None or not objs_found else m >= eps
         rel_results.append(
-            RelationResult(rel.text, rel.start, rel.end, rel.subject, rel.other, rel.axis,
-                           rel.sign, verdict, m)
+            RelationResult(
+                rel.text, rel.start, rel.end, rel.subject, rel.other, rel.axis, rel.sign, verdict, m
+            )
         )
     words = []
     for w in rep.words:
         key = (w.start, w.end)
-        owner = next((p for p, ph in enumerate(st.phrases)
-                      if ph.start <= w.start and w.end <= ph.end), None)
+        owner = next(
+            (p for p, ph in enumerate(st.phrases) if ph.start <= w.start and w.end <= ph.end), None
+        )
         content = w.word.lower().strip(".,;:!?") not in FUNCTION_WORDS and any(
             ch.isalnum() for ch in w.word
         )
@@ -398,28 +426,67 @@ def _assemble(rep, st, res, phrase_reps, eps, size) -> RegionReport:
                     noun = w.word == st.phrases[owner].noun
                     s = min(s, lifts[owner] + eps * (2.0 if noun else 1.0))
                 mis = content or s < eps
-                words.append(RegionWord(w.word, w.start, w.end, s, mis, chosen[owner],
-                                        "missing", owner))
+                words.append(
+                    RegionWord(w.word, w.start, w.end, s, mis, chosen[owner], "missing", owner)
+                )
             else:
-                words.append(RegionWord(w.word, w.start, w.end, s, content and s < eps,
-                                        chosen[owner], "attribute", owner))
+                words.append(
+                    RegionWord(
+                        w.word,
+                        w.start,
+                        w.end,
+                        s,
+                        content and s < eps,
+                        chosen[owner],
+                        "attribute",
+                        owner,
+                    )
+                )
         elif key in rel_of and rel_results[rel_of[key]].margin is not None:
             rr = rel_results[rel_of[key]]
             s = float(rr.margin)
-            words.append(RegionWord(w.word, w.start, w.end, s, rr.holds is False,
-                                    chosen[rr.subject], "relation", None))
+            words.append(
+                RegionWord(
+                    w.word,
+                    w.start,
+                    w.end,
+                    s,
+                    rr.holds is False,
+                    chosen[rr.subject],
+                    "relation",
+                    None,
+                )
+            )
         else:
-            words.append(RegionWord(w.word, w.start, w.end, w.score, w.misaligned, None,
-                                    "image", owner))
+            words.append(
+                RegionWord(w.word, w.start, w.end, w.score, w.misaligned, None, "image", owner)
+            )
+    if mode != "threshold":  # the single most negative word (the detector's other mode)
+        scored = [
+            i
+            for i, w in enumerate(words)
+            if w.score is not None and any(ch.isalnum() for ch in w.word)
+        ]
+        low = min(scored, key=lambda i: words[i].score) if scored else None
+        words = [replace(w, misaligned=i == low) for i, w in enumerate(words)]
     neg = sum(w.score for w in words if w.misaligned and w.score is not None)
     phrases = [
-        PhraseResult(ph.text, ph.start, ph.end, tuple(float(v) for v in chosen[p]), pc[p],
-                     lifts[p], found[p])
+        PhraseResult(
+            ph.text, ph.start, ph.end, tuple(float(v) for v in chosen[p]), pc[p], lifts[p], found[p]
+        )
         for p, ph in enumerate(st.phrases)
     ]
     return RegionReport(
-        rep.caption, words, rep.cosine, rep.clip_score, neg,
-        neg * (1 - rep.clip_score / 2.5), rep.truncated,
-        score=combined_score(pc, found, margins), phrases=phrases, relations=rel_results,
-        size=tuple(size), regional=True,
+        rep.caption,
+        words,
+        rep.cosine,
+        rep.clip_score,
+        neg,
+        neg * (1 - rep.clip_score / 2.5),
+        rep.truncated,
+        score=combined_score(pc, found, margins),
+        phrases=phrases,
+        relations=rel_results,
+        size=tuple(size),
+        regional=True,
     )

@@ -44,8 +44,9 @@ RELATIVE: dict[str, tuple[str | None, int]] = {
     "near": (None, 0),
 }
 #: Relations kept in `split_phrases`'s cut (the generation loop's historical list).
-RELATIONS = tuple(k for k in RELATIVE if k not in ("on the left of", "on the right of", "over",
-                                                   "underneath"))
+RELATIONS = tuple(
+    k for k in RELATIVE if k not in ("on the left of", "on the right of", "over", "underneath")
+)
 #: Absolute placements inside a phrase ("on the left"): the place word and its geometry.
 ABSOLUTE: dict[str, tuple[str | None, int]] = {
     "left": ("x", -1),
@@ -220,8 +221,15 @@ def parse_structure(prompt: str) -> PromptStructure:
         axis, sign = RELATIVE[key]
         start = m.start() + (len(m.group()) - len(m.group().lstrip()))
         relations.append(
-            Relation(prompt[start : start + len(m.group().strip())], start,
-                     start + len(m.group().strip()), before, before + 1, axis, sign)
+            Relation(
+                prompt[start : start + len(m.group().strip())],
+                start,
+                start + len(m.group().strip()),
+                before,
+                before + 1,
+                axis,
+                sign,
+            )
         )
     relations.sort(key=lambda r: r.start)
     return PromptStructure(prompt, phrases, relations)

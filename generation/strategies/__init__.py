@@ -3,7 +3,14 @@
 Adding one: a new module here with a `@register`ed `Strategy` subclass, and its import below.
 """
 
-from . import attend_and_excite, best_of_n, phrase_guidance, resample, reweight  # noqa: F401
+from . import (  # noqa: F401
+    attend_and_excite,
+    best_of_n,
+    phrase_guidance,
+    region_fix,
+    resample,
+    reweight,
+)
 from .base import STRATEGIES, LoopState, RoundPlan, Strategy, get_strategy, register
 
 __all__ = ["STRATEGIES", "LoopState", "RoundPlan", "Strategy", "get_strategy", "register"]
