@@ -114,6 +114,33 @@ def kept_right(h) -> tuple[bool, object]:
     return j.all_correct, j
 
 
+def most_negative_is_wrong(report, judgement) -> bool:
+    """The report's most negative content word (a word the oracle judges) is a wrong one."""
+    scored = [
+        (w.score, i)
+        for i, (w, v) in enumerate(zip(report.words, judgement.words))
+        if w.score is not None and v.correct is not None
+    ]
+    return bool(scored) and min(scored)[1] in judgement.wrong_words
+
+
+def box_holds_object(report, judgement) -> bool | None:
+    """For a region report whose most negative word is a wrong attribute of an object the
+    oracle found: whether the word's box holds that object's centre (None otherwise)."""
+    scored = [(w.score, i) for i, w in enumerate(report.words) if w.score is not None]
+    if not scored or not getattr(report, "regional", False):
+        return None
+    i = min(scored)[1]
+    w = report.words[i]
+    if i not in judgement.wrong_words or w.reason != "attribute" or w.phrase is None:
+        return None
+    if w.phrase >= len(judgement.assignment) or judgement.assignment[w.phrase] is None:
+        return None
+    o = judgement.objects[judgement.assignment[w.phrase]]
+    x0, y0, x1, y1 = w.box
+    return x0 <= o.cx <= x1 and y0 <= o.cy <= y1
+
+
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0):
     """Mean of a - b (paired) and its 95% percentile interval, in points."""
     rng = np.random.default_rng(seed)
@@ -204,6 +231,7 @@ def main():
     rows = {k: [] for k in keys if ver is not None or k != "bon_verifier"}
     p_two, clip_two, right_two = [], [], []  # plain two-object samples, for the AUC
     reg_two = []
+    which_word = {"whole": [], "regions": [], "box_holds_object": []}
     jrows = {k: [] for k in ("single", "bon_clip", "bon_fclip")}
     only_plain = args.plain_only
     flagged = flagged_wrong = wrong_total = wrong_caught = 0
@@ -240,6 +268,13 @@ def main():
         rows["bon_fclip_whole"].append(ok[wi])
         if pr.n_objects == 2:
             reg_two += [r.score if getattr(r, "regional", False) else r.cosine for r in rec.reports]
+            for rep_w, rep_r, j in zip(whole, rec.reports, js):
+                if not j.all_correct and j.wrong_words:
+                    which_word["whole"].append(most_negative_is_wrong(rep_w, j))
+                    which_word["regions"].append(most_negative_is_wrong(rep_r, j))
+                    held = box_holds_object(rep_r, j)
+                    if held is not None:
+                        which_word["box_holds_object"].append(held)
         rows["any"].append(any(ok))
         jrows["single"].append(js[0])
         jrows["bon_clip"].append(js[ci])
@@ -395,6 +430,16 @@ def main():
             line + f"; region score {100 * results['bon_fclip'][two].mean():.1f}%, CLIPScore "
             f"{100 * results['bon_clip'][two].mean():.1f}%"
         )
+    if which_word["whole"]:
+        n_w = len(which_word["whole"])
+        held = which_word["box_holds_object"]
+        print(
+            f"\nWhich word, on the {n_w} wrong plain two-object samples: the most negative "
+            f"word is a wrong one (oracle) {100 * np.mean(which_word['whole']):.1f}% whole-image, "
+            f"{100 * np.mean(which_word['regions']):.1f}% by regions; when it is a wrong "
+            f"attribute, its box holds that object "
+            f"{100 * np.mean(held) if held else float('nan'):.1f}% (n {len(held)})"
+        )
     print("\nWord-kind accuracy of the kept image (all prompts):\n")
     print("| strategy | color | shape | size | position |\n|---|---|---|---|---|")
     for key, js in judgements.items():
@@ -444,6 +489,9 @@ def main():
                     "eps": eps,
                     "verifier": str(ver_path) if ver is not None else None,
                     "auc_two_object": auc,
+                    "which_word": {
+                        k: float(np.mean(v)) if v else None for k, v in which_word.items()
+                    },
                     "budget": N,
                     "time_share": {
                         k: c.feedback / max(c.feedback + c.generation, 1e-9)

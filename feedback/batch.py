@@ -145,8 +145,10 @@ def score_manifest(
     progress: bool = True,
     retry_errors: bool = False,
     wait=None,
+    regions: bool = False,
 ) -> ScoreSummary:
-    """Score every manifest pair not yet in `out`. `wait` is a barrier (multi-process)."""
+    """Score every manifest pair not yet in `out`. `wait` is a barrier (multi-process).
+    regions: region-aware rows (`MisalignmentDetector.detect_regions`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     items, problems = read_manifest(manifest)
@@ -175,7 +177,7 @@ def score_manifest(
     ):
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            lines = _score_chunk(detector, chunk)
+            lines = _score_chunk(detector, chunk, regions)
             for it in chunk:
                 rec = lines[it["id"]]
                 errors += "error" in rec
@@ -204,8 +206,15 @@ def score_manifest(
     )
 
 
-def _score_chunk(detector, chunk: list[dict]) -> dict:
+def _score_chunk(detector, chunk: list[dict], regions: bool = False) -> dict:
     """id -> result record for one batch; bad rows become error records."""
+    if regions:
+        detect = detector.detect_regions
+
+        def one(im, caption):
+            return detector.detect_regions([im], [caption])[0]
+    else:
+        detect, one = detector.detect, detector
     lines, ok_items, images = {}, [], []
     for it in chunk:
         try:
@@ -215,14 +224,14 @@ def _score_chunk(detector, chunk: list[dict]) -> dict:
             lines[it["id"]] = {"id": it["id"], "error": str(e)}
     if ok_items:
         try:
-            reports = detector.detect(images, [it["caption"] for it in ok_items])
+            reports = detect(images, [it["caption"] for it in ok_items])
             for it, rep in zip(ok_items, reports):
                 lines[it["id"]] = {"id": it["id"], **rep.to_dict()}
         except Clip4dmError:
             # One bad caption must not sink the batch: redo it pair by pair.
             for it, im in zip(ok_items, images):
                 try:
-                    lines[it["id"]] = {"id": it["id"], **detector(im, it["caption"]).to_dict()}
+                    lines[it["id"]] = {"id": it["id"], **one(im, it["caption"]).to_dict()}
                 except Clip4dmError as e:
                     lines[it["id"]] = {"id": it["id"], "error": str(e)}
     return lines

@@ -132,6 +132,25 @@ def word_colours(report: MisalignmentReport) -> dict[int, tuple[int, int, int]]:
     return {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(flagged)}
 
 
+def draw_boxes(image: Image.Image, report: MisalignmentReport, scale: int = 1) -> Image.Image:
+    """A copy of `image` enlarged `scale` times (nearest neighbour) with each flagged word's
+    box (`word_colours`) drawn in the word's colour; the image unchanged (but enlarged) when
+    no flagged word has a box."""
+    img = image.convert("RGB")
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    colours = word_colours(report)
+    if not colours:
+        return img
+    draw = ImageDraw.Draw(img)
+    sx, sy = img.width / image.width, img.height / image.height
+    width = max(1, round(min(sx, sy) / 2))
+    for i, c in colours.items():
+        x0, y0, x1, y1 = report.words[i].box
+        draw.rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=c, width=width)
+    return img
+
+
 def _fit(image: Image.Image, size: int) -> Image.Image:
     """Scale to fit a size x size box, keeping the aspect ratio (nearest-neighbour when
     enlarging, so tiny ShapesWorld images stay crisp)."""

@@ -8,7 +8,9 @@ one-line message in the page.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from feedback import InputError, MisalignmentDetector, load_image
 from feedback.errors import Clip4dmError
+from feedback.figures import draw_boxes, word_colours
 
 from .config import RECOMMENDED_STRATEGY, LoopConfig
 from .figures import CSS, prompt_cards
@@ -38,6 +41,9 @@ class AppConfig:
     max_pixels: int = 4096 * 4096
     max_caption_chars: int = 1000
     max_budget: int = 8
+    regions: bool = True
+    """Check each object phrase on its own region (`feedback.regions`); the page then shows
+    each flagged word's box on the image."""
 
 
 def _shade(score: float | None, scale: float) -> str:
@@ -49,14 +55,23 @@ def _shade(score: float | None, scale: float) -> str:
 
 def report_html(report) -> str:
     """The caption with every word shaded by its signed score and misaligned words marked."""
-    scores = [abs(w.score) for w in report.words if w.score is not None]
+    # a relation word's score is a margin (cosine units), not an attribution: left out of
+    # the shading scale so the attributions stay visible
+    scores = [
+        abs(w.score)
+        for w in report.words
+        if w.score is not None and getattr(w, "reason", "image") != "relation"
+    ]
     scale = max(scores) if scores else 0.0
     parts = []
-    for w in report.words:
+    colours = word_colours(report)
+    for i, w in enumerate(report.words):
         text = html.escape(w.word)
         title = "unscored" if w.score is None else f"{w.score:+.3e}"
         style = f"background:{_shade(w.score, scale)}"
         inner = f"<span class='w' style='{style}' title='{title}'>{text}</span>"
+        if w.misaligned and i in colours:  # underlined in the colour of its box
+            inner = f"<u style='text-decoration-color:rgb{colours[i]}'>{inner}</u>"
         parts.append(f"<mark class='flag'>{inner}</mark>" if w.misaligned else inner)
     flagged = ", ".join(report.misaligned_words) or "none"
     return (
@@ -111,12 +126,22 @@ class App:
                 f"image is {img.width}x{img.height}; this app accepts up to "
                 f"{self.config.max_pixels} pixels"
             )
-        report = self.detector(img, caption)
+        if self.config.regions:
+            report = self.detector.detect_regions([img], [caption])[0]
+        else:
+            report = self.detector(img, caption)
         d = report.to_dict()
-        d["settings"] = self.detector.config.to_dict()
+        d["settings"] = {**self.detector.config.to_dict(), "regions": self.config.regions}
         out = Path(tempfile.mkdtemp(prefix="clip4dm-")) / "report.json"
         out.write_text(json.dumps(d, indent=2))
-        return report_html(report), d, str(out)
+        page = report_html(report)
+        if word_colours(report):  # each flagged word's box on the image, in its colour
+            boxed = draw_boxes(img, report, max(1, 256 // max(img.width, img.height)))
+            buf = io.BytesIO()
+            boxed.save(buf, "PNG")
+            uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            page += f"<img class='boxes' src='{uri}' alt='flagged words and where'>"
+        return page, d, str(out)
 
     def generate(
         self,

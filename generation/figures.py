@@ -1,5 +1,6 @@
 """Pictures of a loop run: an HTML report (every round's images, the prompt with misaligned
-words highlighted and their weights, an optional oracle verdict beside) and a PNG grid."""
+words highlighted and their weights, each flagged word's box on its image in the word's
+colour, an optional oracle verdict beside) and a PNG grid (boxes drawn the same way)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+
+from feedback.figures import draw_boxes, word_colours
 
 from .outputs import PromptHistory
 
@@ -51,13 +54,18 @@ span.oracle-wrong{text-decoration:underline wavy #c00}
 
 def _words_html(report, weights, verdicts) -> str:
     parts = []
+    colours = word_colours(report)
     for i, w in enumerate(report.words):
         text = html.escape(w.word)
         if verdicts is not None and i < len(verdicts) and verdicts[i] is False:
             text = f'<span class="oracle-wrong" title="oracle: wrong">{text}</span>'
         if w.misaligned:
             score = "unscored" if w.score is None else f"{w.score:+.2e}"
-            text = f'<mark class="flag" title="detector score {score}">{text}</mark>'
+            style, why = "", ""
+            if i in colours:  # the word's box is drawn on the image in this colour
+                style = f" style='background:rgb{colours[i]}'"
+                why = f", {getattr(w, 'reason', '')}, box {tuple(round(v) for v in w.box)}"
+            text = f'<mark class="flag"{style} title="detector score {score}{why}">{text}</mark>'
         if weights and i < len(weights) and abs(weights[i] - 1.0) > 1e-9:
             text += f'<span class="weight">×{weights[i]:.2f}</span>'
         parts.append(text)
@@ -88,7 +96,8 @@ def prompt_cards(
                 oracle_line = f"<div class='meta oracle'>oracle: {html.escape(said)}</div>"
             cards.append(
                 f"<div class='card{' kept' if kept else ''}'>"
-                f"<img src='{_data_uri(pil, scale)}' alt='round {rec.round} image {k}'>"
+                f"<img src='{_data_uri(draw_boxes(pil, r, scale), 1)}' "
+                f"alt='round {rec.round} image {k}'>"
                 f"<div class='meta'>round {rec.round} · {html.escape(_fix_label(rec))} · "
                 f"seed {rec.seeds[k]}"
                 f"{' · kept' if kept else ''}</div>"
@@ -182,13 +191,17 @@ def write_grid(
     path = Path(path)
     tiles = [
         [
-            (to_pil(img), (rec.round, k) == tuple(h.best), f"r{rec.round} seed {rec.seeds[k]}")
+            (
+                draw_boxes(to_pil(img), rec.reports[k], scale),
+                (rec.round, k) == tuple(h.best),
+                f"r{rec.round} seed {rec.seeds[k]}",
+            )
             for rec in h.rounds
             for k, img in enumerate(rec.images)
         ]
         for h in history
     ]
-    size = max((t[0][0].width for t in tiles if t), default=32) * scale
+    size = max((t[0][0].width for t in tiles if t), default=32 * scale)
     pad, label_h = 6, 16
     font, small = _font(13), _font(11)
     cols = max((len(t) for t in tiles), default=1)

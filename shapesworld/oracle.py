@@ -45,6 +45,9 @@ class OracleJudgement:
     words: tuple[WordVerdict, ...]
     count_correct: bool
     objects: tuple[DetectedObject, ...]
+    #: for each caption phrase (text order), the index of the object it was matched to, or
+    #: None (no object left for it)
+    assignment: tuple[int | None, ...] = ()
 
     @property
     def all_correct(self) -> bool:
@@ -146,20 +149,20 @@ def judge(image: Image.Image, caption: str) -> OracleJudgement:
     """
     words, phrases, relations = parse_caption(caption)
     objs = detect_objects(image)
-    best, best_ok = None, -1
+    best, best_ok, best_perm = None, -1, ()
     n = len(phrases)
     slots = list(range(len(objs))) + [None] * n
     for perm in set(itertools.permutations(slots, n)) if n else [()]:
         verdict = _evaluate(words, phrases, relations, objs, perm)
         ok = sum(v is True for v in verdict)
         if ok > best_ok:
-            best, best_ok = verdict, ok
+            best, best_ok, best_perm = verdict, ok, perm
     spans = caption_words(caption)
     verdicts = tuple(
         WordVerdict(text, WORD_KINDS.get(w), best[i], a, b)
         for i, (w, (text, a, b)) in enumerate(zip(words, spans))
     )
-    return OracleJudgement(caption, verdicts, len(objs) == n, tuple(objs))
+    return OracleJudgement(caption, verdicts, len(objs) == n, tuple(objs), tuple(best_perm))
 
 
 def _evaluate(words, phrases, relations, objs, assignment) -> list[bool | None]:

@@ -54,6 +54,12 @@ def add_commands(sub) -> None:
     )
     e.add_argument("--nli-model", default=None, help="SeeTRUE: MNLI model for the NLI score")
     e.add_argument("--out", default=None, help="write the full result as JSON")
+    e.add_argument(
+        "--regions",
+        action="store_true",
+        help="region-aware reports (feedback.regions): each object phrase judged on its own "
+        "region, each placement by where the objects are",
+    )
     add_detector_args(e)
     e.set_defaults(func=_cmd_eval)
 
@@ -69,6 +75,12 @@ def add_commands(sub) -> None:
         "--retry-errors",
         action="store_true",
         help="score again the rows an earlier run recorded as errors",
+    )
+    s.add_argument(
+        "--regions",
+        action="store_true",
+        help="region-aware rows (feedback.regions): each word's box and reason, each "
+        "phrase's region, each relation's verdict, and the combined score",
     )
     add_detector_args(s)
     s.set_defaults(func=_cmd_score)
@@ -161,7 +173,7 @@ def _cmd_eval(args) -> int:
         def content(w):
             return w.lower() in WORD_KINDS
 
-    reports, seconds = detect_samples(det, samples)
+    reports, seconds = detect_samples(det, samples, regions=args.regions)
     result = run_benchmark(
         det,
         samples,
@@ -231,6 +243,7 @@ def _cmd_score(args) -> int:
         progress=state.is_main_process,
         retry_errors=args.retry_errors,
         wait=state.wait_for_everyone,
+        regions=args.regions,
     )
     if state.is_main_process:
         import sys

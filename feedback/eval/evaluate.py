@@ -281,6 +281,16 @@ def evaluate(
             kinds[row["sample"].kind].append(row)
     for k, sub in sorted(kinds.items()):
         per_kind[k] = summary(sub)
+    # by the number of objects the caption names (`feedback.regions.parse_structure`)
+    from ..regions import parse_structure
+
+    by_objects = defaultdict(list)
+    for row in rows:
+        n = len(parse_structure(row["sample"].caption).phrases)
+        by_objects[f"{n}-object" if n < 3 else "3+-object"].append(row)
+    if len(by_objects) > 1:
+        for k, sub in sorted(by_objects.items()):
+            per_kind[k] = summary(sub)
     sweep_rows = []
     for eps in sweep:
         # One threshold-mode selection per row and eps, shared by P/R/F1 and the AP.
@@ -314,12 +324,14 @@ def evaluate(
     )
 
 
-def detect_samples(detector, samples: list[Sample], *, progress: bool = True):
-    """Reports for every sample (batched) and the seconds it took."""
+def detect_samples(
+    detector, samples: list[Sample], *, progress: bool = True, regions: bool = False
+):
+    """Reports for every sample (batched; region-aware with `regions`, `feedback.regions`)
+    and the seconds it took."""
     t = time.perf_counter()
-    reports = detector.detect(
-        [s.image for s in samples], [s.caption for s in samples], progress=progress
-    )
+    detect = detector.detect_regions if regions else detector.detect
+    reports = detect([s.image for s in samples], [s.caption for s in samples], progress=progress)
     return reports, time.perf_counter() - t
 
 
