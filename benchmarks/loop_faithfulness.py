@@ -311,6 +311,8 @@ def main():
             det,
             loop_cfg("phrase_guidance", samples_per_round=2),
         ),
+        # the wrong object's box regenerated (inpainting over the same modules)
+        f"region fix{gated}": (det, loop_cfg("region_fix")),
         # Without the stop rule every prompt gets the whole budget: what the loop adds when a
         # weak detector's "nothing is misaligned" is not trusted.
         "reweight, no early stop": (det, loop_cfg("reweight", stop_when_aligned=False)),

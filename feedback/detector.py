@@ -261,10 +261,21 @@ class MisalignmentDetector:
             from torchvision.transforms.functional import pil_to_tensor
 
             tensors = [(pil_to_tensor(im).float() / 255)[None] for im in self._load_images(images)]
-        out: list = []
-        for i in tqdm(range(len(captions)), disable=not progress, desc="clip4dm regions"):
-            bx = None if boxes is None else [boxes[i]]
-            out += self.score_regions(tensors[i], captions[i : i + 1], boxes=bx, config=config)
+        # batches of images of one size (a batch is one tensor)
+        out: list = [None] * len(captions)
+        by_size: dict = {}
+        for i, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape[-2:]), []).append(i)
+        bs = self.config.batch_size
+        chunks = [ids[k : k + bs] for ids in by_size.values() for k in range(0, len(ids), bs)]
+        with tqdm(total=len(captions), disable=not progress, desc="clip4dm regions") as bar:
+            for ids in chunks:
+                x = torch.cat([tensors[i] for i in ids])
+                bx = None if boxes is None else [boxes[i] for i in ids]
+                reps = self.score_regions(x, [captions[i] for i in ids], boxes=bx, config=config)
+                for i, r in zip(ids, reps):
+                    out[i] = r
+                bar.update(len(ids))
         return out
 
     def score_regions(

@@ -87,8 +87,8 @@ class RegionReport(MisalignmentReport):
     its region, per relation its verdict, and one combined `score`.
 
     score: higher = more aligned. With two or more phrases (or a placement): the weakest
-        phrase's cosine on its region, lowered by every failed relation's margin and by every
-        missing object (a minimum, so one failure cannot hide behind good phrases); with one
+        phrase's cosine on its region (a missing object's is low), lowered by every failed
+        relation's margin (a minimum, so one failure cannot hide behind good phrases); with one
         phrase and nothing placed, the whole-image cosine (the whole-image report unchanged).
     clip_score, f_clip_score, cosine: whole-image CLIPScore and cosine; F-CLIPScore from the
         region words' flags and scores. size: (height, width) of the image in pixels.
