@@ -186,3 +186,29 @@ def test_calibrate_fits_the_card_on_region_reports(tmp_path, det, capsys):
     assert "region score alone: AUC" in out
     ver = Verifier.load(card)
     assert "region_score" in ver.features and ver.stats["region_score_auc"] > 0.5
+
+
+def test_score_manifest_with_regions_resumes(tmp_path):
+    img = tmp_path / "a.png"
+    _scene_image().save(img)
+    rows = [
+        {"id": "two", "image": str(img), "caption": "a red circle to the right of a blue square"},
+        {"id": "one", "image": str(img), "caption": "a red circle"},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    out = tmp_path / "r.jsonl"
+    argv = ["score", "--data", str(manifest), "--out", str(out), "--model", LOOP_DETECTOR]
+    assert main(argv + ["--regions"]) == 0
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(argv + ["--regions"]) == 0  # resumes: only the new row is scored
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["two", "one"]
+    assert recs[0]["regional"] and recs[0]["relations"][0]["holds"] is False
+    assert not recs[1]["regional"] and recs[1]["phrases"] == []
+
+
+def test_eval_shapes_foil_with_regions_splits_by_object_count(capsys):
+    assert main(["eval", "--benchmark", "shapes-foil", "--n", "30", "--regions"]) == 0
+    out = capsys.readouterr().out
+    assert "1-object" in out and "2-object" in out

@@ -207,6 +207,7 @@ def _cmd_eval(args) -> int:
         "pearson",
         "spearman",
         "nli",
+        "false_flags",
     ]
     cols = [c for c in cols if c in m] + ["ap_positive"]
     print(f"{'':>10} " + " ".join(f"{c:>13}" for c in cols))

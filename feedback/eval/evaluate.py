@@ -260,6 +260,9 @@ def evaluate(
         }
         if content_word:
             out["la_content"] = la_content(subset)
+        originals = [row for row in subset if row["sample"].is_original]
+        if originals:  # correct captions with any word flagged at the threshold
+            out["false_flags"] = float(np.mean([bool(row["chosen_thr"]) for row in originals]))
         out.update(prf(subset, lambda row: row["chosen_thr"]))
         scored = [row["nli"] for row in subset if "nli" in row]
         if scored:
