@@ -121,8 +121,9 @@ class Verifier:
         under cross-validation (P ranks *across* prompts well; within one prompt CLIPScore
         can rank as well or better, and then the card says so).
     fix_gains: what each fix bought over a fresh sample on this generator, by the kind of
-        word flagged ("relation": a word outside every object phrase, such as "left";
-        "object": a word inside one): `{fix: {kind: {"gain", "ci", "n"}}}`, from
+        word flagged ("relation": a word outside every object phrase, such as "left", or a
+        placement judged by regions; "object": a word inside one; "missing": a word of an
+        object found nowhere, `feedback.regions`): `{fix: {kind: {"gain", "ci", "n"}}}`, from
         `fit_fix_gains`. The loop applies a fix only where its measured gain is above 0
         (`fix_pays`); a fix the card never measured is applied as asked.
     """
@@ -211,7 +212,7 @@ class Verifier:
 
 
 #: The kinds of flagged word a fix's gain is measured by (`Verifier.fix_gains`).
-FIX_KINDS = ("relation", "object")
+FIX_KINDS = ("relation", "object", "missing")
 
 
 def fit_fix_gains(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:

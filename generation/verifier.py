@@ -159,7 +159,8 @@ def say_if_gated(config, verifier: Verifier | None) -> None:
 
 
 def flagged_kind(report, prompt: str) -> str | None:
-    """The kind of the report's worst (most negative) flagged word: "relation" when it lies
+    """The kind of the report's worst (most negative) flagged word: for a region report its
+    reason ("relation", "missing", else "object"); otherwise "relation" when it lies
     outside every object phrase of the prompt (`generation.phrases`: "above", "and") or is a
     spatial word (`SPATIAL_WORDS`: "left" in "a circle on the left"), else "object"; None
     when nothing is flagged."""
@@ -170,7 +171,9 @@ def flagged_kind(report, prompt: str) -> str | None:
     reason = getattr(worst, "reason", "image")  # a region-judged word says why it is wrong
     if reason == "relation":
         return "relation"
-    if reason in ("attribute", "missing"):
+    if reason == "missing":
+        return "missing"
+    if reason == "attribute":
         return "relation" if _spatial(worst.word) else "object"
     owner = word_phrases([worst], split_phrases(prompt))[0]
     return "relation" if owner is None or _spatial(worst.word) else "object"

@@ -377,3 +377,17 @@ def test_zero_shot_detector_that_cannot_load_is_a_clear_error(det, tmp_path):
     img = render_scene(_scene(("red", "circle"), ("blue", "square")))
     with pytest.raises(ModelLoadError, match="zero-shot detector"):
         det.detect_regions([img], ["a red circle to the left of a blue square"], config=cfg)
+
+
+def test_a_prompt_of_many_objects_stays_bounded(det):
+    """Twelve phrases: the assignment search is capped (MAX_ARRANGEMENTS), not 8**12."""
+    import time
+
+    from feedback.regions.scoring import MAX_ARRANGEMENTS
+
+    img = render_scene(_scene(("red", "circle"), ("blue", "square")))
+    cap = ", ".join(f"a {c} circle" for c in ["red", "blue", "green", "white"] * 3)
+    t = time.perf_counter()
+    (rep,) = det.detect_regions([img], [cap])
+    assert len(rep.phrases) == 12 and time.perf_counter() - t < 60
+    assert MAX_ARRANGEMENTS <= 20_000

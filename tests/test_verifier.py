@@ -346,7 +346,7 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
     assert [(r["group"], r["strategy"]) for r in lines] == [(0, "reweight"), (1, "reweight")]
     trials = [r for r in lines if r["fix"] is not None]
     assert trials and out["trials"] == len(trials)
-    assert all(r["kind"] in ("relation", "object") for r in trials)
+    assert all(r["kind"] in FIX_KINDS for r in trials)
     assert Verifier.load(card).fix_gains == fit_fix_gains(trials) == out["gains"]
     before = (tmp_path / "fx" / "fixes.jsonl").read_text()
     assert main(cfg)["trials"] == len(trials)  # resumed: nothing made again

@@ -211,7 +211,8 @@ def _cmd_eval(args) -> int:
     ]
     cols = [c for c in cols if c in m] + ["ap_positive"]
     print(f"{'':>10} " + " ".join(f"{c:>13}" for c in cols))
-    for name, row in [("all", m)] + list(result.per_kind.items()):
+    rows = [("all", m)] + list(result.per_kind.items()) + list(result.per_objects.items())
+    for name, row in rows:
         print(f"{name:>10} " + " ".join(f"{_fmt(row.get(c)):>13}" for c in cols))
     print(
         f"AP positive class: {m['ap_positive']} captions"

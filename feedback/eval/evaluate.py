@@ -60,6 +60,9 @@ class EvalResult:
     per_kind: dict = field(default_factory=dict)
     threshold_sweep: list = field(default_factory=list)
     seconds: float = 0.0
+    #: the same metrics by the number of objects the caption names ("1-object", "2-object",
+    #: "3+-object"; `feedback.regions.parse_structure`), when the benchmark has several
+    per_objects: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -291,9 +294,10 @@ def evaluate(
     for row in rows:
         n = len(parse_structure(row["sample"].caption).phrases)
         by_objects[f"{n}-object" if n < 3 else "3+-object"].append(row)
+    per_objects = {}
     if len(by_objects) > 1:
         for k, sub in sorted(by_objects.items()):
-            per_kind[k] = summary(sub)
+            per_objects[k] = summary(sub)
     sweep_rows = []
     for eps in sweep:
         # One threshold-mode selection per row and eps, shared by P/R/F1 and the AP.
@@ -324,6 +328,7 @@ def evaluate(
         per_kind,
         sweep_rows,
         seconds,
+        per_objects,
     )
 
 

@@ -36,6 +36,8 @@ from .structure import FUNCTION_WORDS, PromptStructure, Relation, parse_structur
 logger = logging.getLogger(__name__)
 
 PROPOSALS = ("auto", "partitions", "windows", "boxes", "detector")
+#: The most arrangements (a region per phrase) the assignment search scores per image.
+MAX_ARRANGEMENTS = 20_000
 
 
 @dataclass
@@ -184,12 +186,14 @@ def assign(
     n_p = c.shape[1]
     searched = candidates is None
     if candidates is None:
-        k = min(top_k, c.shape[0])
+        # each phrase's best regions, at most MAX_ARRANGEMENTS combinations in all (a long
+        # prompt of many phrases gets fewer regions per phrase, down to its single best)
+        k = min(top_k, c.shape[0], max(1, int(MAX_ARRANGEMENTS ** (1 / max(n_p, 1)))))
         tops = [c[:, p].topk(k).indices.tolist() for p in range(n_p)]
         candidates = list(itertools.product(*tops))
     out = _assign(c, boxes, relations, size, candidates, max_overlap, dead_zone, relation_cos)
     unjudged = any(m is None and r.judged for m, r in zip(out[2], relations))
-    if searched and unjudged and c.shape[0] ** n_p <= 20_000:
+    if searched and unjudged and c.shape[0] ** n_p <= MAX_ARRANGEMENTS:
         # nothing among each phrase's best regions reverses a placement: look at every
         # arrangement, so the margin says how far the best reversal is
         every = list(itertools.product(range(c.shape[0]), repeat=n_p))
