@@ -380,7 +380,7 @@ def main():
         "bon_fclip": f"best-of-{N} by the region score (the rule without a card)",
         "bon_fclip_whole": f"best-of-{N} by whole-image F-CLIPScore (no card, no regions)",
         "bon_verifier": f"best-of-{N} by the verifier card ({ver.select_by if ver else ''})",
-        "bon_fclip_card": f"best-of-{N} by F-CLIPScore of the kept reports at the detector card's eps",
+        "bon_fclip_card": f"best-of-{N} by the reports' F-CLIPScore at the detector card's eps",
         "any": f"any of {N} plain samples right (ceiling)",
     }
     base = results["bon_clip"]
