@@ -366,7 +366,8 @@ def test_the_readme_quotes_the_cards_it_names():
     sel = f"({100 * clip_sel:.1f}% vs {100 * ver_sel:.1f}%"
     assert sel in text
     assert f"(AUC {st['cv_auc']:.2f} vs CLIPScore's {st['clip_score_auc']:.2f})" in text
-    assert f"it is {'CLIPScore' if card['select_by'] == 'clip_score' else 'P(right)'}" in text
+    names = {"clip_score": "CLIPScore", "p_right": "P(right)", "region_score": "the region score"}
+    assert f"it is {names[card['select_by']]}" in text
     # the fix-gain table: one row per fix the card measured, each cell the card's figures
     assert card["fix_gains"], "the shipped card has no fix gains (recipes/measure_fixes.py)"
     for fix, kinds in card["fix_gains"].items():

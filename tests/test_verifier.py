@@ -338,6 +338,7 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
 
     card = tmp_path / "verifier.json"
     shutil.copy(loop_verifier_path(), card)
+    before_gains = {k: v for k, v in Verifier.load(card).fix_gains.items() if k != "reweight"}
     cfg = MeasureFixesConfig(
         output_dir=str(tmp_path / "fx"), verifier=str(card), prompts=2, strategies=["reweight"]
     )
@@ -347,7 +348,10 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
     trials = [r for r in lines if r["fix"] is not None]
     assert trials and out["trials"] == len(trials)
     assert all(r["kind"] in FIX_KINDS for r in trials)
-    assert Verifier.load(card).fix_gains == fit_fix_gains(trials) == out["gains"]
+    # the measured fix's gains replace its own; the card's other fixes keep theirs
+    measured = fit_fix_gains(trials)
+    assert measured == out["gains"]
+    assert Verifier.load(card).fix_gains == {**before_gains, **measured}
     before = (tmp_path / "fx" / "fixes.jsonl").read_text()
     assert main(cfg)["trials"] == len(trials)  # resumed: nothing made again
     assert (tmp_path / "fx" / "fixes.jsonl").read_text() == before
