@@ -56,7 +56,7 @@ STOP_REASONS = {
     "verified": "the verifier's P(right) reached its stop level",
     "max_images": "image budget spent",
     "max_rounds": "round budget spent",
-    "no_fix": "no fix left to try",
+    "no_fix": "no fix left to try",  # kept for old records: the loop now re-samples instead
     "running": "running",
 }
 
