@@ -62,7 +62,10 @@ def test_regions_off_gives_whole_image_reports(pipe, det):
     assert not any(isinstance(r, RegionReport) for r in h.rounds[0].reports)
 
 
-def test_the_card_beside_the_pipeline_is_found_and_sets_the_eps(pipe, det):
+def test_the_card_beside_the_pipeline_is_found_and_sets_the_eps(pipe, det, monkeypatch):
+    import generation.verifier as gv
+
+    monkeypatch.setattr(gv, "_said", set())  # said once per process: say it again here
     assert find_card(pipe) == loop_verifier_path()
     card = Verifier.load(loop_verifier_path())
     assert card.detector == LOOP_DETECTOR and "region_score" in card.features
