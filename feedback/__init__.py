@@ -1,6 +1,8 @@
 """clip4dm feedback: word-level misalignment between an image and its caption (CLIP4DM).
 
-Entry point: `MisalignmentDetector.from_pretrained(model)`, then `detector(image, caption)`.
+Entry point: `MisalignmentDetector.from_pretrained(model)`, then `detector(image, caption)`
+(the whole image) or `detector.detect_regions(images, captions)` (which word, and where:
+`feedback.regions`).
 """
 
 from .alignment import WordTokens, align_words
@@ -11,6 +13,7 @@ from .detector import DetectorOutput, MisalignmentDetector
 from .errors import Clip4dmError, InputError, ModelLoadError, NonFiniteScoreError
 from .formulas import clip_score, f_clip_score, select_misaligned, sum_negative_attribution
 from .images import load_image, to_rgb
+from .regions import RegionConfig, RegionReport, RegionWord, parse_structure
 from .registry import load_backend, recommended_settings, shipped_models
 from .report import MisalignmentReport, WordScore
 from .rewards import FeedbackReward, RewardConfig, token_rewards
@@ -32,6 +35,9 @@ __all__ = [
     "MisalignmentDetector",
     "MisalignmentReport",
     "ModelLoadError",
+    "RegionConfig",
+    "RegionReport",
+    "RegionWord",
     "NonFiniteScoreError",
     "OpenClipBackend",
     "TransformersBackend",
@@ -42,6 +48,7 @@ __all__ = [
     "f_clip_score",
     "load_backend",
     "load_image",
+    "parse_structure",
     "recommended_settings",
     "relevance",
     "select_misaligned",
