@@ -209,6 +209,7 @@ def main():
     N = args.budget
 
     results: dict[str, np.ndarray] = {}
+    steps: dict[str, float] = {}  # mean denoiser steps per prompt of each loop
     judgements: dict[str, list] = {}
     clocks: dict[str, Clock] = {}
 
@@ -297,7 +298,8 @@ def main():
 
     def loop_cfg(strategy, **kw):
         kw.setdefault("regions", not args.no_regions)
-        return LoopConfig(strategy=strategy, max_images=N, max_rounds=N, **kw)
+        kw.setdefault("max_images", N)
+        return LoopConfig(strategy=strategy, max_rounds=N, **kw)
 
     stop = "stop by the verifier" if ver is not None else "stop when nothing flagged"
     every = ", fix every round" if ver is not None and ver.fix_gains else ""
@@ -313,6 +315,15 @@ def main():
         ),
         # the wrong object's box regenerated (inpainting over the same modules)
         f"region fix{gated}": (det, loop_cfg("region_fix")),
+        # search at equal compute: few-step previews of many seeds, the best finished
+        f"preview at best-of-{N}'s compute ({N * 20} steps)": (
+            det,
+            loop_cfg("preview", max_steps=N * 20),
+        ),
+        f"preview at 65% of best-of-{2 * N}'s compute ({int(0.65 * 2 * N * 20)} steps)": (
+            det,
+            loop_cfg("preview", max_steps=int(0.65 * 2 * N * 20), max_images=2 * N),
+        ),
         # Without the stop rule every prompt gets the whole budget: what the loop adds when a
         # weak detector's "nothing is misaligned" is not trusted.
         "reweight, no early stop": (det, loop_cfg("reweight", stop_when_aligned=False)),
@@ -342,12 +353,15 @@ def main():
         # A fresh detector object per loop (same backend), so each clock wraps only its own.
         card = None if d is oracle_det else ver
         fb = clock.wrap(FeedbackPipeline(pipe, type(d)(d.backend, d.config), cfg, verifier=card))
-        ok, js = [], []
+        ok, js, spent = [], [], []
         for i, pr in enumerate(tqdm(prompts, desc=name)):
             fb.config.seed = 1000 * i
-            good, j = kept_right(fb(pr.text, **GEN).history[0])
+            h = fb(pr.text, **GEN).history[0]
+            good, j = kept_right(h)
             ok.append(good)
             js.append(j)
+            spent.append(h.num_steps)
+        steps[name] = float(np.mean(spent))
         results[name] = np.array(ok)
         judgements[name] = js
         clocks[name] = clock
@@ -385,8 +399,11 @@ def main():
     }
     base = results["bon_clip"]
     print(f"\nLoop faithfulness: {args.n} held-out prompts, budget {N} images per prompt\n")
-    print("| strategy | 2-object | 1-object | 2-object vs best-of-N CLIPScore (95% CI) |")
-    print("|---|---|---|---|")
+    print(
+        "| strategy | 2-object | 1-object | 2-object vs best-of-N CLIPScore (95% CI) "
+        "| steps per prompt |"
+    )
+    print("|---|---|---|---|---|")
     table = {}
     for key, ok in results.items():
         sub = np.array(ae_idx) if key == "attend-and-excite" else np.arange(args.n)
@@ -402,9 +419,12 @@ def main():
             "diff_two_vs_bon_clip": [d, lo, hi],
         }
         label = names.get(key, key) + (f" (first {len(sub)} prompts)" if len(sub) < args.n else "")
+        # plain rows: one full-step image (single) or N of them; loops: what they spent
+        cost = steps.get(key, 20.0 if key == "single" else float(N * 20))
+        table[key]["steps_per_prompt"] = cost
         print(
             f"| {label} | {100 * okf[two].mean():.1f} | {100 * okf[one].mean():.1f} | "
-            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] | {cost:.0f} |"
         )
     auc = None
     if right_two and any(right_two) and not all(right_two):

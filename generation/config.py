@@ -28,7 +28,9 @@ class LoopConfig:
         `generation.guidance` and `generation.phrases`) or
         "attend_and_excite" (hand the misaligned words to Attend-and-Excite, regenerate) or
         "region_fix" (regenerate only the box of the worst flagged word's object with the
-        family's inpainting pipeline, keep the rest; needs `regions`).
+        family's inpainting pipeline, keep the rest; needs `regions`) or "preview" (many
+        few-step previews of the seeds a full run would use, ranked; only the best finished
+        at full steps: search at equal compute, see `max_steps`).
     max_images: image budget per prompt (all rounds together).
     max_rounds: round budget per prompt (round 0 is the plain generation).
     samples_per_round: images per round (the last round may get fewer: the budget rules).
@@ -51,6 +53,13 @@ class LoopConfig:
         (`Verifier.fix_gains`), apply the fix only where it beat a fresh sample for the kind
         of word the kept image has flagged, else sample fresh (`generation.verifier.gate`);
         False applies the fix every round, as asked.
+    max_steps: a compute budget in denoiser steps per prompt (images x inference steps,
+        previews included), beside `max_images`; None: images only. "preview" defaults it to
+        the compute of best-of-`max_images` at full steps.
+    preview_steps, preview_keep: "preview" samples as many candidates as the step budget
+        allows at `preview_steps` steps (default: a fifth of the full steps, at least 2), the
+        same seeds a full run would use, ranks them by the loop's selection rule and finishes
+        the best `preview_keep` at full steps.
     regions: judge each object phrase on its own region (`feedback.regions`) for prompts with
         two or more objects or a placed one ("on the left"): selection, the stop rule, the
         verifier card's features and the fixes then see which object got which attribute and
@@ -79,6 +88,9 @@ class LoopConfig:
     seed: int = 0
     prompt_syntax: str = "auto"
     gate_fixes: bool = True
+    max_steps: int | None = None
+    preview_steps: int | None = None
+    preview_keep: int = 2
     regions: bool = True
     region_config: RegionConfig = field(default_factory=RegionConfig)
 
@@ -102,6 +114,20 @@ class LoopConfig:
 
         if self.prompt_syntax not in SYNTAXES:
             raise ValueError(f"prompt_syntax must be one of {SYNTAXES}, got {self.prompt_syntax!r}")
+        if self.max_steps is not None and (
+            not isinstance(self.max_steps, int) or self.max_steps < 1
+        ):
+            raise ValueError(
+                f"max_steps must be a positive integer or None, got {self.max_steps!r}"
+            )
+        if self.preview_steps is not None and (
+            not isinstance(self.preview_steps, int) or self.preview_steps < 1
+        ):
+            raise ValueError(
+                f"preview_steps must be a positive integer, got {self.preview_steps!r}"
+            )
+        if not isinstance(self.preview_keep, int) or self.preview_keep < 1:
+            raise ValueError(f"preview_keep must be a positive integer, got {self.preview_keep!r}")
         if isinstance(self.region_config, dict):
             self.region_config = RegionConfig(**self.region_config)
         if not isinstance(self.region_config, RegionConfig):

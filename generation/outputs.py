@@ -27,6 +27,10 @@ class RoundRecord:
     extra: what a strategy recorded beyond these fields.
     p_right: the verifier's P(right) per image (among all the prompt's images up to the last
         round; empty without a verifier).
+    steps: denoiser steps the round spent (images x inference steps; a family running
+        classifier-free guidance evaluates its denoiser on a doubled batch each step).
+    preview: the round's images are few-step previews (`strategy="preview"`): ranked to choose
+        which seeds to finish, never kept.
     """
 
     round: int
@@ -43,6 +47,8 @@ class RoundRecord:
     truncated: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     p_right: list[float] = field(default_factory=list)
+    steps: int = 0
+    preview: bool = False
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}
@@ -56,6 +62,7 @@ STOP_REASONS = {
     "verified": "the verifier's P(right) reached its stop level",
     "max_images": "image budget spent",
     "max_rounds": "round budget spent",
+    "max_steps": "step budget spent",
     "no_fix": "no fix left to try",  # kept for old records: the loop now re-samples instead
     "running": "running",
 }
@@ -101,6 +108,11 @@ class PromptHistory:
     def num_images(self) -> int:
         return sum(len(r.seeds) for r in self.rounds)
 
+    @property
+    def num_steps(self) -> int:
+        """Denoiser steps spent on this prompt, previews included (the compute it cost)."""
+        return sum(r.steps for r in self.rounds)
+
     def to_dict(self) -> dict:
         return {
             "prompt": self.prompt,
@@ -108,6 +120,7 @@ class PromptHistory:
             "best": list(self.best),
             "stopped": self.stopped,
             "num_images": self.num_images,
+            "num_steps": self.num_steps,
             "rounds": [r.to_dict() for r in self.rounds],
         }
 

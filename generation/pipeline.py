@@ -292,9 +292,12 @@ class FeedbackPipeline:
             yield from self._rounds(pp, neg, base + 100_003 * j, per_round, call_kw, cut)
 
     # ------------------------------------------------------------------ internals
-    def _images(self, state: LoopState, plan: RoundPlan, seeds: list[int]) -> torch.Tensor:
+    def _images(
+        self, state: LoopState, plan: RoundPlan, seeds: list[int], call_kw: dict | None = None
+    ) -> torch.Tensor:
         dev = getattr(self.pipe, "device", "cpu")
         gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        call_kw = state.call_kw if call_kw is None else call_kw
         if plan.generate is not None:
             return plan.generate(state, gens)
         weights = plan.weights if plan.weights is not None else state.base_weights
@@ -304,7 +307,7 @@ class FeedbackPipeline:
         inputs = (
             {"prompt": state.prompt}
             if plain
-            else self.adapter.encode(state.prompt, state.words, weights, state.call_kw)
+            else self.adapter.encode(state.prompt, state.words, weights, call_kw)
         )
         ctx = plan.context(state) if plan.context is not None else nullcontext()
         with ctx:
@@ -312,7 +315,7 @@ class FeedbackPipeline:
                 inputs,
                 generators=gens,
                 negative_prompt=state.negative_prompt,
-                call_kw=state.call_kw,
+                call_kw=call_kw,
             )
 
     def _rounds(self, parsed: ParsedPrompt, neg, base, per_round, call_kw, cut):
@@ -326,20 +329,35 @@ class FeedbackPipeline:
         if structure is not None and not structure.regional:
             structure = None  # one object, nothing placed: the whole-image report is the answer
         budget = cfg.max_images
-        used, next_seed, stopped = 0, base, "max_rounds"
+        full_steps = self.adapter.call_default("num_inference_steps", call_kw, None)
+        steps_budget = cfg.max_steps
+        used, used_steps, next_seed, stopped = 0, 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
         for r in range(1 if strat.single_round else cfg.max_rounds):
-            n = budget - used if strat.single_round else min(per_round, budget - used)
+            if plan.n is not None:
+                n = plan.n if plan.preview else min(plan.n, budget - used)
+            else:
+                n = budget - used if strat.single_round else min(per_round, budget - used)
+            round_kw = {**state.call_kw, **plan.call_kw}
+            per_image = round_kw.get("num_inference_steps", full_steps)
+            if steps_budget is not None and per_image:
+                # the compute budget: as many images as the steps left pay for
+                n = min(n, (steps_budget - used_steps) // per_image)
+                if n <= 0:
+                    stopped = "max_steps"
+                    break
             if n <= 0:
                 stopped = "max_images"
                 break
-            if r == 0 or not plan.reuse_seeds or state.best is None:
+            if plan.seeds is not None:
+                seeds = list(plan.seeds[:n])
+            elif r == 0 or not plan.reuse_seeds or state.best is None:
                 seeds = list(range(next_seed, next_seed + n))
                 next_seed += n
             else:
                 s0 = state.rounds[state.best[0]].seeds[state.best[1]]
                 seeds = [s0 + 7919 * k for k in range(n)]
-            images = self._images(state, plan, seeds)
+            images = self._images(state, plan, seeds, round_kw)
             with warnings.catch_warnings():
                 # the window cut was warned once for the prompt (_warn_windows)
                 warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
@@ -363,9 +381,12 @@ class FeedbackPipeline:
                 list(plan.phrase_weights),
                 truncated=dict(cut),
                 extra=dict(plan.extra),
+                steps=n * int(per_image or 0),
+                preview=plan.preview,
             )
             state.rounds.append(rec)
-            used += n
+            used += 0 if plan.preview else n  # previews are paid for in steps, not images
+            used_steps += rec.steps
             state.best, probs = rank(state.rounds, self.verifier, cfg.select_from_all_rounds)
             for rec_, p in zip(state.rounds, probs):
                 rec_.p_right = p
@@ -374,7 +395,11 @@ class FeedbackPipeline:
             if strat.single_round:
                 stopped = "max_images"  # the whole budget in one round: nothing stopped early
                 break
-            if cfg.stop_when_aligned and satisfied(state.chosen, p_best, self.verifier):
+            if (
+                not plan.preview
+                and cfg.stop_when_aligned
+                and satisfied(state.chosen, p_best, self.verifier)
+            ):
                 # what the detector (or the verifier) knows, not a verdict
                 stopped = "verified" if self.verifier else "nothing_flagged"
                 break

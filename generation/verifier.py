@@ -116,16 +116,22 @@ def rank(rounds, verifier: Verifier | None, all_rounds: bool = True):
     lists without a verifier). The pool is every image made so far (or the last round's with
     `all_rounds=False`); without a verifier `selection.best_index` picks from it."""
     pool = rounds if all_rounds else rounds[-1:]
+    finished = [rec for rec in pool if not getattr(rec, "preview", False)]
+    if finished and len(finished) < len(pool):
+        # previews only choose seeds: once finished images exist, one of them is kept
+        pool = finished
     flat = [(rec.round, k, rep) for rec in pool for k, rep in enumerate(rec.reports)]
     reports = [rep for _, _, rep in flat]
     if verifier is None:
         return flat[best_index(reports)][:2], [[] for _ in rounds]
     probs = verifier.probabilities(reports)
     i = verifier.select(reports, probs)
-    per_round, it = [[] for _ in rounds[: len(rounds) - len(pool)]], iter(probs)
+    by_round = {}
+    it = iter(probs)
     for rec in pool:
-        per_round.append([next(it) for _ in rec.reports])
-    return flat[i][:2], per_round
+        by_round[rec.round] = [next(it) for _ in rec.reports]
+    kept_p = [list(rec.p_right) if getattr(rec, "preview", False) else [] for rec in rounds]
+    return flat[i][:2], [by_round.get(rec.round, kept_p[j]) for j, rec in enumerate(rounds)]
 
 
 def satisfied(report, p_right: float | None, verifier: Verifier | None) -> bool:

@@ -424,3 +424,15 @@ def test_region_fix_inpaints_the_flagged_box_or_is_refused(family, pipes, detect
     assert fix.fix == "region_fix" and fix.extra["reason"] in ("attribute", "relation", "missing")
     x0, y0, x1, y1 = (int(v) for v in fix.extra["box"])
     assert fix.images.shape == first.images.shape and (x1 - x0) * (y1 - y0) > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_preview_runs_on_every_family(family, pipes, detector):
+    """Few-step previews of 5 seeds, the best 2 finished at full steps, within 30 steps."""
+    pipe = pipes(family)
+    kw = {**tp.call_kwargs(family), "num_inference_steps": 10}
+    cfg = LoopConfig(strategy="preview", max_steps=30, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, detector, cfg, verifier=None)(PROMPT, **kw).history[0]
+    assert [r.fix for r in h.rounds] == ["preview", "finish"]
+    assert len(h.rounds[0].seeds) == 5 and h.rounds[0].steps == 10 and h.num_steps == 30
+    assert set(h.rounds[1].seeds) <= set(h.rounds[0].seeds) and h.best[0] == 1

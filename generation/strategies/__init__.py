@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     attend_and_excite,
     best_of_n,
     phrase_guidance,
+    preview,
     region_fix,
     resample,
     reweight,

@@ -30,6 +30,10 @@ class RoundPlan:
     generate: called with (state, generators) instead of the adapter's plain call (e.g. a
         different pipeline over the same modules); returns (n, 3, H, W) images in [0, 1].
     extra: anything else worth recording (JSON-able), kept in `RoundRecord.extra`.
+    seeds: this round's seeds (one image each), instead of the loop's next ones.
+    n: images this round, instead of `samples_per_round`.
+    call_kw: pipeline call arguments for this round only (e.g. fewer `num_inference_steps`).
+    preview: the images are previews: ranked, recorded, never kept (`RoundRecord.preview`).
     """
 
     fix: str = "plain"
@@ -41,6 +45,10 @@ class RoundPlan:
     context: Callable[[LoopState], AbstractContextManager] | None = None
     generate: Callable[..., Any] | None = None
     extra: dict = field(default_factory=dict)
+    seeds: list[int] | None = None
+    n: int | None = None
+    call_kw: dict = field(default_factory=dict)
+    preview: bool = False
 
 
 @dataclass

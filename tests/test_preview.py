@@ -1,0 +1,90 @@
+"""Search at equal compute: the step budget (`LoopConfig.max_steps`) and the preview
+strategy (few-step previews of many seeds, the best finished at full steps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feedback import MisalignmentDetector
+from generation import FeedbackPipeline, LoopConfig
+from generation.selection import rank_key
+from generation.strategies.preview import preview_plan
+from shapesworld.pipelines import LOOP_DETECTOR, load_pipeline
+
+PROMPT = "a small red circle to the left of a blue square"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def det():
+    return MisalignmentDetector.from_pretrained(LOOP_DETECTOR)
+
+
+def test_preview_plan_spends_the_budget():
+    assert preview_plan(20, 80, 2, None) == (10, 4, 2)  # 10 x 4 + 2 x 20 = 80
+    assert preview_plan(20, 104, 2, None) == (16, 4, 2)
+    assert preview_plan(20, 80, 2, 8) == (5, 8, 2)
+    assert preview_plan(4, 16, 2, None) == (4, 2, 2)
+    assert preview_plan(3, 12, 2, None) is None  # a few-step schedule: previews cannot pay
+    assert preview_plan(20, 40, 2, None) is None  # no steps left for previews
+
+
+def test_preview_finishes_the_best_previews_at_full_steps(pipe, det):
+    cfg = LoopConfig(strategy="preview", max_steps=80, seed=5, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, verifier=None)(
+        PROMPT, num_inference_steps=20, guidance_scale=4.0, output_type="pt"
+    ).history[0]
+    prev, fin = h.rounds
+    assert prev.preview and prev.fix == "preview" and not fin.preview and fin.fix == "finish"
+    assert prev.seeds == list(range(5, 15)) and prev.steps == 40 and fin.steps == 40
+    assert h.num_steps == 80 and h.best[0] == 1  # a finished image is kept, never a preview
+    top = sorted(range(10), key=lambda i: (rank_key(prev.reports[i]), -i), reverse=True)[:2]
+    assert fin.seeds == [prev.seeds[i] for i in top]
+    # the finished images are the plain full-step call at their seeds, bit for bit
+    plain = pipe(
+        PROMPT,
+        num_images_per_prompt=2,
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        generator=[torch.Generator().manual_seed(s) for s in fin.seeds],
+        output_type="pt",
+    ).images
+    assert torch.equal(fin.images, plain.float())
+    assert h.to_dict()["num_steps"] == 80
+
+
+def test_preview_falls_back_to_best_of_n_where_previews_cannot_pay(pipe, det):
+    cfg = LoopConfig(strategy="preview", max_images=4, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, verifier=None)(
+        PROMPT, num_inference_steps=3, guidance_scale=4.0
+    ).history[0]
+    assert [r.fix for r in h.rounds] == ["plain"] and len(h.rounds[0].seeds) == 4
+    assert "cannot pay" in h.rounds[0].extra["preview"]
+    assert h.stopped in ("max_steps", "max_images") and h.num_steps == 12
+
+
+def test_the_step_budget_bounds_every_strategy(pipe, det):
+    cfg = LoopConfig(strategy="resample", max_images=8, max_steps=60, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, verifier=None)(
+        PROMPT, num_inference_steps=20, guidance_scale=4.0
+    ).history[0]
+    assert h.num_images == 3 and h.num_steps == 60 and h.stopped == "max_steps"
+
+
+def test_preview_runs_on_the_generic_adapter(pipe, det):
+    cfg = LoopConfig(strategy="preview", max_steps=40, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, adapter="generic", verifier=None)(
+        PROMPT, num_inference_steps=10, guidance_scale=4.0
+    ).history[0]
+    assert [r.fix for r in h.rounds] == ["preview", "finish"] and h.num_steps == 40
+
+
+@pytest.mark.parametrize("bad", [{"max_steps": 0}, {"preview_steps": -1}, {"preview_keep": 0}])
+def test_bad_budgets_are_refused(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        LoopConfig(**bad)
