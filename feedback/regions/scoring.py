@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -106,7 +106,6 @@ class _Plan:
 
     boxes: list[Box]
     candidates: list[tuple[int, ...]] | None = None  # None: search top_k per phrase
-    extra: dict = field(default_factory=dict)
 
 
 def _partition_plan(st: PromptStructure, size, cfg: RegionConfig) -> _Plan:
@@ -364,10 +363,11 @@ def score_regions(
             )
             embs.append(backend.encode_image(backend.preprocess_tensor(reg)).float())
         emb = torch.nn.functional.normalize(torch.cat(embs), dim=-1)
-        texts = sorted(
-            {p.text for b in todo for p in structures[b].phrases}
-            | {_noun_query(p) for b in todo for p in structures[b].phrases}
-        )
+        phrases = [p for b in todo for p in structures[b].phrases]
+        texts = {p.text for p in phrases}
+        if cfg.relations_by == "noun":  # the noun queries only when relations are judged by them
+            texts |= {_noun_query(p) for p in phrases}
+        texts = sorted(texts)
         t = detector.text_embeddings(texts)
     col = {s: i for i, s in enumerate(texts)}
 
