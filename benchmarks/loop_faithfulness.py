@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -106,6 +107,21 @@ class Clock:
         fb.detector.score_regions = timed(fb.detector.score_regions)
         fb.adapter.generate = timed_gen
         return fb
+
+
+@contextmanager
+def count_evals(module: torch.nn.Module, into: list):
+    """Within the block, `into[0]` grows by the batch size of every forward of `module`."""
+
+    def hook(mod, args, kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        into[0] += int(x.shape[0])
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield into
+    finally:
+        handle.remove()
 
 
 def kept_right(h) -> tuple[bool, object]:
@@ -210,6 +226,9 @@ def main():
 
     results: dict[str, np.ndarray] = {}
     steps: dict[str, float] = {}  # mean denoiser steps per prompt of each loop
+    # mean denoiser image-evaluations per prompt, measured by a forward hook: CFG's doubled
+    # batch, Attend-and-Excite's extra gradient passes and refinement iterations included
+    evals: dict[str, float] = {}
     judgements: dict[str, list] = {}
     clocks: dict[str, Clock] = {}
 
@@ -320,6 +339,10 @@ def main():
             det,
             loop_cfg("preview", max_steps=N * 20),
         ),
+        f"early rejection at best-of-{N}'s compute ({N * 20} steps)": (
+            det,
+            loop_cfg("early_reject", max_steps=N * 20),
+        ),
         f"preview at 65% of best-of-{2 * N}'s compute ({int(0.65 * 2 * N * 20)} steps)": (
             det,
             loop_cfg("preview", max_steps=int(0.65 * 2 * N * 20), max_images=2 * N),
@@ -353,15 +376,17 @@ def main():
         # A fresh detector object per loop (same backend), so each clock wraps only its own.
         card = None if d is oracle_det else ver
         fb = clock.wrap(FeedbackPipeline(pipe, type(d)(d.backend, d.config), cfg, verifier=card))
-        ok, js, spent = [], [], []
-        for i, pr in enumerate(tqdm(prompts, desc=name)):
-            fb.config.seed = 1000 * i
-            h = fb(pr.text, **GEN).history[0]
-            good, j = kept_right(h)
-            ok.append(good)
-            js.append(j)
-            spent.append(h.num_steps)
+        ok, js, spent, n_evals = [], [], [], [0]
+        with count_evals(pipe.unet, n_evals):
+            for i, pr in enumerate(tqdm(prompts, desc=name)):
+                fb.config.seed = 1000 * i
+                h = fb(pr.text, **GEN).history[0]
+                good, j = kept_right(h)
+                ok.append(good)
+                js.append(j)
+                spent.append(h.num_steps)
         steps[name] = float(np.mean(spent))
+        evals[name] = n_evals[0] / len(prompts)
         results[name] = np.array(ok)
         judgements[name] = js
         clocks[name] = clock
@@ -381,10 +406,15 @@ def main():
                 verifier=ver,
             )
         )
-        ok = []
-        for i in tqdm(ae_idx, desc="attend-and-excite"):
-            fb.config.seed = 1000 * i
-            ok.append(kept_right(fb(prompts[i].text, **GEN).history[0])[0])
+        ok, spent, n_evals = [], [], [0]
+        with count_evals(pipe.unet, n_evals):
+            for i in tqdm(ae_idx, desc="attend-and-excite"):
+                fb.config.seed = 1000 * i
+                h = fb(prompts[i].text, **GEN).history[0]
+                ok.append(kept_right(h)[0])
+                spent.append(h.num_steps)
+        steps["attend-and-excite"] = float(np.mean(spent))
+        evals["attend-and-excite"] = n_evals[0] / len(ae_idx)
         results["attend-and-excite"] = np.array(ok)
         clocks["attend-and-excite"] = clock
 
@@ -401,9 +431,9 @@ def main():
     print(f"\nLoop faithfulness: {args.n} held-out prompts, budget {N} images per prompt\n")
     print(
         "| strategy | 2-object | 1-object | 2-object vs best-of-N CLIPScore (95% CI) "
-        "| steps per prompt |"
+        "| steps per prompt | denoiser evals per prompt (measured) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     table = {}
     for key, ok in results.items():
         sub = np.array(ae_idx) if key == "attend-and-excite" else np.arange(args.n)
@@ -422,9 +452,12 @@ def main():
         # plain rows: one full-step image (single) or N of them; loops: what they spent
         cost = steps.get(key, 20.0 if key == "single" else float(N * 20))
         table[key]["steps_per_prompt"] = cost
+        # plain rows run CFG's doubled batch at guidance 4: two evaluations per step
+        n_ev = evals.get(key, 2 * cost)
+        table[key]["denoiser_evals_per_prompt"] = n_ev
         print(
             f"| {label} | {100 * okf[two].mean():.1f} | {100 * okf[one].mean():.1f} | "
-            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] | {cost:.0f} |"
+            f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] | {cost:.0f} | {n_ev:.0f} |"
         )
     auc = None
     if right_two and any(right_two) and not all(right_two):

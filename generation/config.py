@@ -30,7 +30,9 @@ class LoopConfig:
         "region_fix" (regenerate only the box of the worst flagged word's object with the
         family's inpainting pipeline, keep the rest; needs `regions`) or "preview" (many
         few-step previews of the seeds a full run would use, ranked; only the best finished
-        at full steps: search at equal compute, see `max_steps`).
+        at full steps: search at equal compute, see `max_steps`) or "early_reject" (candidates
+        at full steps, each read mid-run after `reject_at` steps and stopped there unless it
+        ranks at least as high as every candidate before it).
     max_images: image budget per prompt (all rounds together).
     max_rounds: round budget per prompt (round 0 is the plain generation).
     samples_per_round: images per round (the last round may get fewer: the budget rules).
@@ -60,6 +62,8 @@ class LoopConfig:
         allows at `preview_steps` steps (default: a fifth of the full steps, at least 2), the
         same seeds a full run would use, ranks them by the loop's selection rule and finishes
         the best `preview_keep` at full steps.
+    reject_at: "early_reject" checks each candidate after this many steps (default: a fifth of
+        the full steps, at least 2).
     regions: judge each object phrase on its own region (`feedback.regions`) for prompts with
         two or more objects or a placed one ("on the left"): selection, the stop rule, the
         verifier card's features and the fixes then see which object got which attribute and
@@ -91,6 +95,7 @@ class LoopConfig:
     max_steps: int | None = None
     preview_steps: int | None = None
     preview_keep: int = 2
+    reject_at: int | None = None
     regions: bool = True
     region_config: RegionConfig = field(default_factory=RegionConfig)
 
@@ -126,6 +131,9 @@ class LoopConfig:
             raise ValueError(
                 f"preview_steps must be a positive integer, got {self.preview_steps!r}"
             )
+        r = self.reject_at
+        if r is not None and (not isinstance(r, int) or r < 1):
+            raise ValueError(f"reject_at must be a positive integer, got {self.reject_at!r}")
         if not isinstance(self.preview_keep, int) or self.preview_keep < 1:
             raise ValueError(f"preview_keep must be a positive integer, got {self.preview_keep!r}")
         if isinstance(self.region_config, dict):

@@ -29,8 +29,11 @@ class RoundRecord:
         round; empty without a verifier).
     steps: denoiser steps the round spent (images x inference steps; a family running
         classifier-free guidance evaluates its denoiser on a doubled batch each step).
-    preview: the round's images are few-step previews (`strategy="preview"`): ranked to choose
-        which seeds to finish, never kept.
+    preview: the round's images are few-step previews (`strategy="preview"`) or candidates
+        stopped early (`strategy="early_reject"`, their x0 estimate at the check step): ranked
+        to choose which seeds to finish, never kept.
+    cfg_passes: denoiser evaluations per image per step (2 where the family runs
+        classifier-free guidance on a doubled batch or a second call, else 1).
     """
 
     round: int
@@ -49,6 +52,7 @@ class RoundRecord:
     p_right: list[float] = field(default_factory=list)
     steps: int = 0
     preview: bool = False
+    cfg_passes: int = 1
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("images", "reports")}
@@ -113,6 +117,11 @@ class PromptHistory:
         """Denoiser steps spent on this prompt, previews included (the compute it cost)."""
         return sum(r.steps for r in self.rounds)
 
+    @property
+    def num_denoiser_evals(self) -> int:
+        """Denoiser evaluations (steps x classifier-free guidance's passes), previews included."""
+        return sum(r.steps * r.cfg_passes for r in self.rounds)
+
     def to_dict(self) -> dict:
         return {
             "prompt": self.prompt,
@@ -121,6 +130,7 @@ class PromptHistory:
             "stopped": self.stopped,
             "num_images": self.num_images,
             "num_steps": self.num_steps,
+            "num_denoiser_evals": self.num_denoiser_evals,
             "rounds": [r.to_dict() for r in self.rounds],
         }
 

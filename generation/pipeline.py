@@ -330,10 +330,18 @@ class FeedbackPipeline:
             structure = None  # one object, nothing placed: the whole-image report is the answer
         budget = cfg.max_images
         full_steps = self.adapter.call_default("num_inference_steps", call_kw, None)
-        steps_budget = cfg.max_steps
+        steps_budget = cfg.max_steps or strat.step_budget(full_steps)
+        state.step_budget = steps_budget
+        state.score = lambda images: self._score(images, prompt, structure)[1]
+        passes = self.adapter.cfg_passes(call_kw, neg)
         used, used_steps, next_seed, stopped = 0, 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
-        for r in range(1 if strat.single_round else cfg.max_rounds):
+        n_rounds = cfg.max_rounds
+        if strat.single_round:
+            n_rounds = 1
+        elif strat.rounds_by_steps and steps_budget is not None:
+            n_rounds = steps_budget  # every round spends at least one step
+        for r in range(n_rounds):
             if plan.n is not None:
                 n = plan.n if plan.preview else min(plan.n, budget - used)
             else:
@@ -358,14 +366,11 @@ class FeedbackPipeline:
                 s0 = state.rounds[state.best[0]].seeds[state.best[1]]
                 seeds = [s0 + 7919 * k for k in range(n)]
             images = self._images(state, plan, seeds, round_kw)
-            with warnings.catch_warnings():
-                # the window cut was warned once for the prompt (_warn_windows)
-                warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
-                out = det.score(images, [prompt] * len(seeds), nan_policy="mask")
-            reports = reports_from_output(out)
-            if structure is not None:
-                reports = self._region_reports(images, prompt, out, reports)
-            state.words = out.words[0]
+            if plan.reports is not None:
+                reports = plan.reports  # scored as the round ran (a candidate stopped early)
+            else:
+                words, reports = self._score(images, prompt, structure)
+                state.words = words
             weights = plan.weights if plan.weights is not None else state.base_weights
             rec = RoundRecord(
                 r,
@@ -381,12 +386,14 @@ class FeedbackPipeline:
                 list(plan.phrase_weights),
                 truncated=dict(cut),
                 extra=dict(plan.extra),
-                steps=n * int(per_image or 0),
+                steps=plan.spent_steps if plan.spent_steps is not None else n * int(per_image or 0),
                 preview=plan.preview,
+                cfg_passes=passes,
             )
             state.rounds.append(rec)
             used += 0 if plan.preview else n  # previews are paid for in steps, not images
             used_steps += rec.steps
+            state.used_steps = used_steps
             state.best, probs = rank(state.rounds, self.verifier, cfg.select_from_all_rounds)
             for rec_, p in zip(state.rounds, probs):
                 rec_.p_right = p
@@ -416,6 +423,18 @@ class FeedbackPipeline:
                 plan = RoundPlan("resample", extra={"no_fix": strat.name})
         source = parsed.source if parsed.source != prompt else None
         yield PromptHistory(prompt, state.rounds, state.best, stopped, source)
+
+    def _score(self, images: torch.Tensor, prompt: str, structure) -> tuple[list, list]:
+        """(the detector's words, one report per image): region-aware when the prompt has
+        a structure to judge."""
+        with warnings.catch_warnings():
+            # the window cut was warned once for the prompt (_warn_windows)
+            warnings.filterwarnings("ignore", message="caption is .* tokens with the template")
+            out = self.detector.score(images, [prompt] * len(images), nan_policy="mask")
+        reports = reports_from_output(out)
+        if structure is not None:
+            reports = self._region_reports(images, prompt, out, reports)
+        return out.words[0], reports
 
     def _region_reports(self, images, prompt, out, reports) -> list:
         """Region-aware reports of a round's images (`feedback.regions`); an image the

@@ -88,3 +88,85 @@ def test_preview_runs_on_the_generic_adapter(pipe, det):
 def test_bad_budgets_are_refused(bad):
     with pytest.raises(ValueError, match="positive integer"):
         LoopConfig(**bad)
+
+
+def test_early_reject_stops_candidates_mid_run_and_finishes_the_rest_exactly(pipe, det):
+    calls = []
+
+    def user_cb(p, i, t, kwargs):  # the user's own callback still sees every step it ran
+        calls.append(i)
+        return kwargs
+
+    cfg = LoopConfig(strategy="early_reject", max_steps=80, seed=5, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, verifier=None)(
+        PROMPT,
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        output_type="pt",
+        callback_on_step_end=user_cb,
+    ).history[0]
+    stopped = [r for r in h.rounds if r.preview]
+    done = [r for r in h.rounds if not r.preview]
+    assert stopped and done and h.num_steps <= 80
+    assert all(r.fix == "rejected" and r.steps == 4 and len(r.seeds) == 1 for r in stopped)
+    assert all(r.fix == "candidate" and r.steps == 20 for r in done)
+    # the first candidates (the look-only phase) are stopped; seeds follow best-of-N's
+    assert h.rounds[0].preview and [r.seeds[0] for r in h.rounds] == list(
+        range(5, 5 + len(h.rounds))
+    )
+    assert not h.rounds[h.best[0]].preview  # a finished image is kept, never an estimate
+    assert len(calls) == 4 * len(stopped) + 20 * len(done)
+    # a finished candidate is the plain full-step call at its seed, bit for bit
+    plain = pipe(
+        PROMPT,
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(done[0].seeds[0]),
+        output_type="pt",
+    ).images
+    assert torch.equal(done[0].images, plain.float())
+    # the recorded image of a stopped candidate is its estimate of the finished image: a
+    # picture, not the noisy latents the interrupted call decoded
+    est = stopped[0].images
+    assert est.shape == done[0].images.shape and 0 <= float(est.min()) <= float(est.max()) <= 1
+    assert h.num_denoiser_evals == 2 * h.num_steps  # CFG's doubled batch at guidance 4
+
+
+@pytest.mark.parametrize("sched", ["DDIMScheduler", "DPMSolverMultistepScheduler", "flow"])
+def test_the_clean_estimate_is_the_final_sample_at_the_last_step(sched):
+    import diffusers
+
+    from generation.clean_estimate import capture_clean
+
+    if sched == "flow":
+        s = diffusers.FlowMatchEulerDiscreteScheduler()
+    else:
+        s = getattr(diffusers, sched)()
+    s.set_timesteps(6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    got: dict = {}
+    with capture_clean(s, got):
+        for t in s.timesteps:
+            eps = torch.randn(x.shape, generator=g)
+            x = s.step(eps, t, x, return_dict=False)[0]
+            assert got["x0"].shape == x.shape
+    # the schedule ends at sigma 0, where the sample is the clean estimate itself
+    torch.testing.assert_close(got["x0"], x, rtol=1e-4, atol=1e-4)
+    assert "step" not in vars(s)  # the scheduler is left as it was
+
+
+def test_early_reject_falls_back_where_the_scheduler_gives_no_estimate(pipe, det):
+    import diffusers
+
+    other = diffusers.PNDMScheduler.from_config(pipe.scheduler.config)
+    p2 = type(pipe)(**{**pipe.components, "scheduler": other})
+    cfg = LoopConfig(strategy="early_reject", max_images=2, stop_when_aligned=False)
+    h = FeedbackPipeline(p2, det, cfg, verifier=None)(PROMPT, num_inference_steps=10).history[0]
+    assert [r.fix for r in h.rounds] == ["plain"] and len(h.rounds[0].seeds) == 2
+    assert "PNDMScheduler" in h.rounds[0].extra["early_reject"]
+
+
+def test_bad_reject_at_is_refused():
+    with pytest.raises(ValueError, match="reject_at must be a positive integer"):
+        LoopConfig(reject_at=0)

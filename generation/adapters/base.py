@@ -263,6 +263,58 @@ class PipelineAdapter:
         )
         return as_image_tensor(out.images if hasattr(out, "images") else out[0])
 
+    # ------------------------------------------------------------------ inside one call
+    def decode_latents(self, latents: torch.Tensor, call_kw: dict | None = None) -> torch.Tensor:
+        """(n, 3, H, W) float images in [0, 1] from the denoiser's latents (an x0 estimate
+        mid-run), decoded as the pipeline's own call decodes its final latents."""
+        vae = self.pipe.vae
+        z = self.unpack_latents(latents, call_kw).to(vae.dtype) / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z + shift
+        with torch.no_grad():
+            img = vae.decode(z, return_dict=False)[0]
+        return as_image_tensor(self.pipe.image_processor.postprocess(img, output_type="pt"))
+
+    def unpack_latents(self, latents: torch.Tensor, call_kw: dict | None = None) -> torch.Tensor:
+        """The latents in the VAE's (n, C, h, w) layout (FLUX packs them into patches)."""
+        return latents
+
+    def early_stop_missing(self) -> str | None:
+        """None when a call can be read mid-run and stopped early (`callback_on_step_end`, the
+        pipeline's `interrupt`, an x0 estimate from its scheduler, a VAE), else why not."""
+        from ..clean_estimate import clean_rule
+
+        if not self.accepts_exactly("callback_on_step_end"):
+            return f"{type(self.pipe).__name__}'s call takes no callback_on_step_end"
+        if not hasattr(type(self.pipe), "interrupt"):
+            return f"{type(self.pipe).__name__} cannot be interrupted mid-run"
+        sched = getattr(self.pipe, "scheduler", None)
+        if sched is None or clean_rule(sched) is None:
+            return (
+                f"its scheduler ({type(sched).__name__}) gives no estimate of the clean image "
+                "mid-run"
+            )
+        if getattr(self.pipe, "vae", None) is None:
+            return f"{type(self.pipe).__name__} has no VAE to decode an estimate mid-run"
+        return None
+
+    def cfg_passes(self, call_kw: dict | None = None, negative_prompt=None) -> int:
+        """Denoiser evaluations per image per step: 2 where the family runs classifier-free
+        guidance (a doubled batch, or two calls), else 1."""
+        g = self.call_default("guidance_scale", call_kw, None)
+        if g is None:
+            return 1
+        unet = getattr(self.pipe, "unet", None)
+        # SD with a guidance-embedding UNet (LCM) runs no CFG batch
+        if unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None:
+            return 1
+        return 2 if g > 1 else 1
+
+    def accepts_exactly(self, name: str) -> bool:
+        """The call's signature names `name` (a `**kwargs` catch-all does not count)."""
+        return name in inspect.signature(self.pipe.__call__).parameters
+
     # ------------------------------------------------------------------ denoiser
     @property
     def denoiser(self) -> torch.nn.Module:

@@ -35,6 +35,19 @@ class FluxAdapter(PipelineAdapter):
         )
         return {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
 
+    def unpack_latents(self, latents, call_kw=None):
+        if latents.ndim == 4:
+            return latents
+        size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        h = self.call_default("height", call_kw, None) or size
+        w = self.call_default("width", call_kw, None) or size
+        return self.pipe._unpack_latents(latents, h, w, self.pipe.vae_scale_factor)
+
+    def cfg_passes(self, call_kw=None, negative_prompt=None):
+        # guidance_scale is an input of the distilled transformer; true CFG is a second call
+        t = self.call_default("true_cfg_scale", call_kw, 1.0) or 1.0
+        return 2 if t > 1 and negative_prompt is not None else 1
+
     def missing(self, capability, call_kw=None):
         if capability == "phrase_guidance":
             # One message whatever true_cfg_scale is: with it > 1 FLUX runs true CFG as two

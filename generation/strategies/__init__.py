@@ -6,6 +6,7 @@ Adding one: a new module here with a `@register`ed `Strategy` subclass, and its 
 from . import (  # noqa: F401
     attend_and_excite,
     best_of_n,
+    early_reject,
     phrase_guidance,
     preview,
     region_fix,

@@ -34,6 +34,8 @@ class RoundPlan:
     n: images this round, instead of `samples_per_round`.
     call_kw: pipeline call arguments for this round only (e.g. fewer `num_inference_steps`).
     preview: the images are previews: ranked, recorded, never kept (`RoundRecord.preview`).
+    spent_steps / reports: set by `generate` when the round spent other than n x steps (a
+        candidate stopped early) or has already scored its images (`LoopState.score`).
     """
 
     fix: str = "plain"
@@ -49,6 +51,8 @@ class RoundPlan:
     n: int | None = None
     call_kw: dict = field(default_factory=dict)
     preview: bool = False
+    spent_steps: int | None = None
+    reports: list | None = None
 
 
 @dataclass
@@ -68,6 +72,12 @@ class LoopState:
     base_weights: list[float] | None = None
     rounds: list = field(default_factory=list)
     best: tuple[int, int] | None = None
+    #: the loop's own scoring of a batch of images ((n, 3, H, W) in [0, 1]) against the prompt:
+    #: one report per image, region-aware where the loop is
+    score: Callable[[Any], list] | None = None
+    #: denoiser steps spent on this prompt so far, and the step budget (None: images only)
+    used_steps: int = 0
+    step_budget: int | None = None
 
     @property
     def chosen(self) -> MisalignmentReport:
@@ -88,6 +98,12 @@ class Strategy:
     requires: ClassVar[tuple[str, ...]] = ()
     #: One round of the whole budget (best-of-N) instead of rounds of `samples_per_round`.
     single_round: ClassVar[bool] = False
+    #: Rounds bounded by the step budget, not `max_rounds` (one candidate per round).
+    rounds_by_steps: ClassVar[bool] = False
+
+    def step_budget(self, full_steps: int | None) -> int | None:
+        """The step budget when `LoopConfig.max_steps` is None (None: images only)."""
+        return None
 
     def __init__(self, config):
         self.config = config

@@ -30,12 +30,15 @@ def preview_plan(full_steps: int, budget: int, keep: int, preview_steps: int | N
 class Preview(Strategy):
     name = "preview"
 
+    def step_budget(self, full_steps):
+        return self.config.max_images * full_steps if full_steps else None
+
     def first(self, state):
         cfg = self.config
         full = state.adapter.call_default("num_inference_steps", state.call_kw, None)
         if not full:
             return RoundPlan("plain", extra={"preview": "the pipeline states no step count"})
-        budget = cfg.max_steps or cfg.max_images * full
+        budget = state.step_budget
         plan = preview_plan(full, budget, cfg.preview_keep, cfg.preview_steps)
         if plan is None:
             n = max(1, budget // full)
