@@ -1,6 +1,6 @@
 """Selection and stopping by a fitted verifier vs best-of-N by CLIPScore, on held-out prompts.
 
-    python recipes/label_loop_pool.py --output-dir runs/calibration --prompts 200
+    python -m shapesworld.build.label_loop_pool --output-dir runs/calibration --prompts 200
     clip4dm calibrate --data runs/calibration/labels.jsonl --verifier runs/verifier.json
     python benchmarks/verifier_selection.py --verifier runs/verifier.json --n 300 --json v.json
 

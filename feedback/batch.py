@@ -1,7 +1,10 @@
 """Dataset-scale scoring: a JSONL manifest in, one JSONL result line per pair out.
 
 The whole manifest is validated first: every bad line (not JSON, not an object, a missing or
-wrongly typed field, a duplicate id) is reported at once, and the good rows are scored.
+wrongly typed field, a duplicate id) is reported at once, and the good rows are scored; a
+manifest with no good row is an InputError. A line without an `id` is numbered by its line
+number (1-based, blank lines counted), so resuming such a manifest needs its lines kept in
+place.
 Results are written (and flushed) batch by batch, so a killed job loses at most the batch in
 flight; a rerun skips every id already written and repairs a half-written last line. Rows
 that failed (unreadable image, empty caption) are recorded as `{"id", "error"}`; a rerun with
@@ -51,7 +54,8 @@ class ScoreSummary:
 
 
 def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows of a JSONL manifest and one message per bad line (`path:line: problem`)."""
+    """Rows of a JSONL manifest and one message per bad line (`path:line: problem`). A row
+    without an `id` gets its 1-based line number (an int) as its id."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"manifest not found: {path}")
@@ -61,7 +65,7 @@ def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"manifest is not UTF-8 text: {path}") from None
-    items, problems, seen = [], [], {}
+    items, problems, seen, numbered = [], [], {}, set()
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -72,12 +76,15 @@ def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
             problems.append(f"{where}: not JSON ({e.msg})")
             continue
         if not isinstance(rec, dict):
-            problems.append(f"{where}: expected an object with id, image, caption")
+            problems.append(f"{where}: expected an object with image, caption (and an id)")
             continue
-        missing = {"id", "image", "caption"} - set(rec)
+        missing = {"image", "caption"} - set(rec)
         if missing:
             problems.append(f"{where}: missing {', '.join(sorted(missing))}")
             continue
+        if "id" not in rec:  # numbered by its line: the same id on every rerun
+            rec = {"id": n, **rec}
+            numbered.add(n)
         rid = rec["id"]
         if isinstance(rid, bool) or not isinstance(rid, (str, int)):
             problems.append(f"{where}: id must be a string or an integer, got {type(rid).__name__}")
@@ -86,13 +93,25 @@ def read_manifest(path: str | Path) -> tuple[list[dict], list[str]]:
             problems.append(f"{where}: image and caption must be strings")
             continue
         if rid in seen:
+            why = ""
+            if n in numbered or seen[rid] in numbered:
+                line = n if n in numbered else seen[rid]
+                why = f"; line {line} has no id, so its line number is its id: give it one"
             problems.append(
-                f"{where}: duplicate id {shorten(str(rid))!r} (first on line {seen[rid]})"
+                f"{where}: duplicate id {shorten(str(rid))!r} (first on line {seen[rid]}{why})"
             )
             continue
         seen[rid] = n
         items.append(rec)
     return items, problems
+
+
+def no_rows_message(path: str | Path, problems: list[str]) -> str:
+    """The one line said when a manifest holds no row that can be scored."""
+    if not problems:
+        return f"manifest holds no rows (every line is empty): {path}"
+    more = f" (and {len(problems) - 1} more refused lines)" if len(problems) > 1 else ""
+    return f"no line of the manifest can be scored: {problems[0]}{more}"
 
 
 def _read_results(path: Path) -> list[dict]:
@@ -146,12 +165,17 @@ def score_manifest(
     retry_errors: bool = False,
     wait=None,
     regions: bool = False,
+    rows: tuple[list[dict], list[str]] | None = None,
 ) -> ScoreSummary:
     """Score every manifest pair not yet in `out`. `wait` is a barrier (multi-process).
-    regions: region-aware rows (`MisalignmentDetector.detect_regions`)."""
+    regions: region-aware rows (`MisalignmentDetector.detect_regions`). rows: what
+    `read_manifest(manifest)` returned, when the caller read it already. InputError when no
+    line of the manifest can be scored."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    items, problems = read_manifest(manifest)
+    items, problems = rows if rows is not None else read_manifest(manifest)
+    if not items:
+        raise InputError(no_rows_message(manifest, problems))
     out = Path(out)
     if out.is_dir():
         raise InputError(f"--out is a directory, not a file: {out}")

@@ -230,7 +230,7 @@ def _shapes_oracle(prompt: str):
 
 def example_pairs(folder: Path, n: int = 3) -> list[list[str]]:
     """ShapesWorld scenes with a foil caption, written to `folder` (one click examples)."""
-    from feedback.eval.datasets import load_shapes_foil
+    from shapesworld.benchmark import load_shapes_foil
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []

@@ -12,9 +12,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import shapesworld.benchmark  # noqa: F401  (registers the testbed's `eval --benchmark shapes-foil`)
 from feedback.cli.main import build_parser as _feedback_parser
 from feedback.cli.main import main as _feedback_main
-from feedback.cli.options import add_detector_args, build_detector, positive_int
+from feedback.cli.options import DEFAULT_MODEL, add_detector_args, build_detector, positive_int
 from feedback.errors import Clip4dmError, InputError, ModelLoadError
 from shapesworld.pipelines import LOOP_DETECTOR
 from shapesworld.pipelines import PIPELINE_NAME as SHIPPED_PIPELINE
@@ -23,14 +24,24 @@ from .config import RECOMMENDED_STRATEGY
 from .strategies import STRATEGIES
 
 
-def _add_loop_args(p) -> None:
-    p.add_argument(
-        "--pipeline",
-        default=SHIPPED_PIPELINE,
-        help="diffusers pipeline folder or hub id of any family (SD 1.x/2.x, SDXL, SD3/3.5, "
-        "FLUX.1, PixArt-Σ, Sana; others: selection strategies only); "
-        f"default: the shipped {SHIPPED_PIPELINE}",
-    )
+def _add_loop_args(p, testbed: bool = False) -> None:
+    """The loop's options; `testbed`: defaults are the shipped ShapesWorld models (demo),
+    else the pipeline must be named and the detector is the real default CLIP."""
+    if testbed:
+        p.add_argument(
+            "--pipeline",
+            default=SHIPPED_PIPELINE,
+            help="diffusers pipeline folder or hub id of any family (default: the shipped "
+            f"testbed pipeline {SHIPPED_PIPELINE})",
+        )
+    else:
+        p.add_argument(
+            "--pipeline",
+            required=True,
+            help="diffusers pipeline folder or hub id of any family (SD 1.x/2.x, SDXL, "
+            "SD3/3.5, FLUX.1, PixArt-Σ, Sana; others: selection strategies only); the offline "
+            f"testbed: {SHIPPED_PIPELINE}",
+        )
     p.add_argument(
         "--strategy",
         choices=sorted(STRATEGIES),
@@ -41,8 +52,19 @@ def _add_loop_args(p) -> None:
     p.add_argument(
         "--budget", type=positive_int, default=4, help="images per prompt, all rounds (default 4)"
     )
-    p.add_argument("--steps", type=positive_int, default=20, help="inference steps (default 20)")
-    p.add_argument("--guidance", type=float, default=4.0, help="guidance scale (default 4)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="inference steps (default: the card beside the pipeline's weights, else the "
+        "pipeline's own call default, e.g. 28 for FLUX.1, 50 for SD)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (default: the pipeline's card, else its own call default)",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument(
         "--height", type=positive_int, default=None, help="image height (default: the pipeline's)"
@@ -75,47 +97,55 @@ def _add_loop_args(p) -> None:
         metavar="CARD|auto|none",
         help="verifier card (clip4dm calibrate --verifier): the loop keeps the image it ranks "
         "first and stops early only when its P(right) reaches the card's level; auto: the "
-        "shipped pipeline's card when the detector and eps are the card's; none: F-CLIPScore "
-        "selection, stop when nothing is flagged",
+        "card beside the pipeline's weights (verifier.json) when it was fitted for the "
+        "detector; none: region-score / F-CLIPScore selection, stop when nothing is flagged",
     )
-    add_detector_args(p, LOOP_DETECTOR)
-    _loop_threshold_help(p)
-
-
-def _loop_threshold_help(p) -> None:
-    """The loop commands' --threshold default is the pipeline card's, not the detector's."""
-    from shapesworld.pipelines import loop_threshold
-
+    add_detector_args(p, LOOP_DETECTOR if testbed else DEFAULT_MODEL)
     for a in p._actions:
+        if a.dest == "model" and not testbed:
+            a.default = None
+            a.help = (
+                "the detector's CLIP (shipped name, folder, open_clip name, hf-hub:org/repo or "
+                "transformers hub id); default: the one the pipeline's card names, else "
+                f"{DEFAULT_MODEL}"
+            )
         if a.dest == "threshold":
             a.help = (
-                "threshold mode flags words scoring below EPS; must be <= 0 (default with the "
-                f"shipped pipeline: its card's eps for the detector on generated images, "
-                f"{LOOP_DETECTOR}: {loop_threshold():.6g}; else the detector card's)"
+                "threshold mode flags words scoring below EPS; must be <= 0 (default: the eps "
+                "the pipeline's card calibrated for this detector on generated images, else the "
+                "detector card's)"
             )
 
 
 def loop_verifier(args):
-    """The `--verifier` the loop uses (None for none)."""
+    """The `--verifier` the loop uses: "auto" (the card beside the pipeline's weights, found
+    by `FeedbackPipeline`), a loaded card, or None."""
     from feedback import Verifier
 
     choice = getattr(args, "verifier", "none")
     if choice == "none":
         return None
-    if choice != "auto":
-        return Verifier.load(choice)
-    if getattr(args, "pipeline", SHIPPED_PIPELINE) != SHIPPED_PIPELINE:
-        return None
-    from shapesworld.pipelines import loop_verifier_path
+    if choice == "auto":
+        return "auto"
+    return Verifier.load(choice)
 
-    path = loop_verifier_path()
-    if path is None:
+
+def pipeline_card(name: str):
+    """The clip4dm card in the pipeline's folder (`generation.cards`), read before the
+    pipeline loads; None for a hub id or a folder without one."""
+    from .cards import PipelineCard
+
+    folder = shipped_pipeline_folder(name) or Path(name).expanduser()
+    return PipelineCard.load(folder) if folder.is_dir() else None
+
+
+def shipped_pipeline_folder(name: str) -> Path | None:
+    """The folder of a shipped pipeline named `name` (the testbed), else None."""
+    if name != SHIPPED_PIPELINE:
         return None
-    card = Verifier.load(path)
-    same_eps = card.threshold is None or (
-        args.threshold is not None and abs(card.threshold - args.threshold) < 1e-12
-    )
-    return card if card.detector == args.model and same_eps else None
+    from shapesworld.pipelines import pipeline_path
+
+    return pipeline_path(name)
 
 
 def pipeline_arg(text: str) -> tuple[str, object]:
@@ -145,7 +175,10 @@ _OWN = {
 
 
 def call_kwargs(args) -> dict:
-    """The pipeline call's extra arguments from --height/--width/--pipeline-arg."""
+    """The pipeline call's extra arguments from --height/--width/--pipeline-arg, checked
+    before any model loads (`generation.call_args`): each --pipeline-arg against the call of
+    the class `--pipeline`'s model_index.json names (skipped for a hub id not in the cache),
+    and a `--pipeline` folder without model_index.json refused."""
     kw = {}
     for key, value in args.pipeline_arg:
         if key in _OWN:
@@ -159,6 +192,17 @@ def call_kwargs(args) -> dict:
                 f"--pipeline-arg {key}: " + (f"use {flag}" if flag else "the loop sets it itself")
             )
         kw[key] = value
+    from .call_args import check_call_args
+
+    name = getattr(args, "pipeline", None)
+    if name == SHIPPED_PIPELINE:
+        from shapesworld.pipelines import pipeline_path
+
+        try:
+            name = str(pipeline_path())
+        except FileNotFoundError:
+            name = None  # load_pipeline says so
+    kw = check_call_args(name, kw, own=_OWN)  # also: a folder that is no pipeline stops here
     for key in ("height", "width"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
@@ -175,8 +219,8 @@ def add_commands(sub) -> None:
     d.add_argument(
         "--prompts", nargs="+", default=None, help="prompts (default: 6 held-out ShapesWorld ones)"
     )
-    _add_loop_args(d)
-    d.set_defaults(func=_cmd_demo)
+    _add_loop_args(d, testbed=True)
+    d.set_defaults(func=_cmd_demo, testbed_model=LOOP_DETECTOR)
 
     g = sub.add_parser(
         "generate",
@@ -196,7 +240,7 @@ def add_commands(sub) -> None:
         "torchrun); reruns resume",
     )
     _add_loop_args(g)
-    g.set_defaults(func=_cmd_generate)
+    g.set_defaults(func=_cmd_generate, testbed_model=LOOP_DETECTOR)
 
     a = sub.add_parser(
         "app", help="a local web page: check an image, or generate and watch the loop fix it"
@@ -218,7 +262,7 @@ def add_commands(sub) -> None:
         help="the Generate tab's verifier card (as for demo; auto: the shipped pipeline's)",
     )
     add_detector_args(a, LOOP_DETECTOR)
-    a.set_defaults(func=_cmd_app)
+    a.set_defaults(func=_cmd_app, testbed_model=LOOP_DETECTOR)
 
 
 @contextmanager
@@ -262,6 +306,11 @@ def load_pipeline(name: str, device: str):
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
         raise ModelLoadError(f"pipeline folder not found: {name}")
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not (folder / "model_index.json").is_file():  # e.g. a CLIP folder
+        from .call_args import not_a_pipeline_folder
+
+        raise ModelLoadError(not_a_pipeline_folder(name))
     offline = False
     try:
         with offline_if_unreachable() as offline, _no_loading_bars():
@@ -298,21 +347,30 @@ def with_lora(pipe, lora: str | None, pipeline: str):
 
 
 def loop_detector_args(args):
-    """The loop commands' detector settings: with the shipped pipeline and no --threshold,
-    the pipeline card's eps for this detector, calibrated on *generated* images (the same
-    value the benchmarks and the README use)."""
-    if args.threshold is None and getattr(args, "pipeline", SHIPPED_PIPELINE) == SHIPPED_PIPELINE:
-        from shapesworld.pipelines import loop_threshold
-
-        args.threshold = loop_threshold(detector=args.model)
+    """The loop commands' detector settings, from the card in the pipeline's folder where
+    the user gave none: the detector it names (else `DEFAULT_MODEL`), and the eps it
+    calibrated for that detector on *generated* images."""
+    card = pipeline_card(args.pipeline) if getattr(args, "pipeline", None) else None
+    if args.model is None:
+        args.model = (card.detector if card is not None else None) or DEFAULT_MODEL
+        if card is not None and card.detector:
+            print(f"detector: {args.model} (named by the pipeline's card)", file=sys.stderr)
+    if args.threshold is None and card is not None:
+        args.threshold = card.threshold_for(args.model)
     return args
 
 
-def _fb(args, pipe):
+def load_detector(args):
+    """The loop's detector, loaded before the pipeline: a missing download stops the
+    command in one line before any pipeline loads or image is made."""
+    return build_detector(loop_detector_args(args))
+
+
+def _fb(args, pipe, det=None):
     from .config import LoopConfig
     from .pipeline import FeedbackPipeline
 
-    det = build_detector(loop_detector_args(args))
+    det = det if det is not None else load_detector(args)
     cfg = LoopConfig(strategy=args.strategy, max_images=args.budget, seed=args.seed)
     verifier = loop_verifier(args)
     try:
@@ -335,9 +393,11 @@ def _cmd_demo(args) -> int:
     prompts = check_prompts(args.prompts or [p.text for p in prompt_set(6)], "--prompts")
     call_kw = call_kwargs(args)  # a bad --pipeline-arg fails here, before any model loads
     t0 = time.perf_counter()
+    det = load_detector(args)
     pipe = with_lora(load_pipeline(args.pipeline, args.device), args.lora, args.pipeline)
-    fb = _fb(args, pipe)
-    shapes = args.pipeline == SHIPPED_PIPELINE
+    fb = _fb(args, pipe, det)
+    card = pipeline_card(args.pipeline)
+    shapes = card is not None and card.testbed == "shapesworld"  # the oracle can judge it
     history = []
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
@@ -501,8 +561,9 @@ def _cmd_generate(args) -> int:
     done = _done(out)
     todo = [i for i in mine if i not in done]
     device = str(state.device) if args.device != "cpu" else "cpu"
+    det = load_detector(args)
     pipe = with_lora(load_pipeline(args.pipeline, device), args.lora, args.pipeline)
-    fb = _fb(args, pipe)
+    fb = _fb(args, pipe, det)
     adapter = fb.adapter.info(call_kw).to_dict()
     written = 0
     rank = f"{state.process_index}-of-{state.num_processes}"
@@ -544,7 +605,7 @@ def _cmd_app(args) -> int:
         raise Clip4dmError(f"the app needs gradio: pip install -e '.[app]' ({e})") from None
     import warnings
 
-    det = build_detector(loop_detector_args(args))
+    det = load_detector(args)
     pipe = None if args.no_pipeline else load_pipeline(args.pipeline, args.device)
     # The web server stack (gradio, uvicorn, anyio) leaves event loops and upload handles to
     # the garbage collector on every request; those ResourceWarnings say nothing about the

@@ -97,6 +97,9 @@ class PromptHistory:
     of the kept image reached the card's stop level), "max_images", "max_rounds" or "no_fix"
     (the strategy had nothing to try)."""
     source: str | None = None
+    #: what the loop actually ran with: num_inference_steps, guidance_scale, height, width
+    #: (of the images made), the detector and its eps, the verifier card's path or None
+    settings: dict = field(default_factory=dict)
 
     @property
     def best_report(self) -> MisalignmentReport:
@@ -131,6 +134,7 @@ class PromptHistory:
             "num_images": self.num_images,
             "num_steps": self.num_steps,
             "num_denoiser_evals": self.num_denoiser_evals,
+            "settings": dict(self.settings),
             "rounds": [r.to_dict() for r in self.rounds],
         }
 

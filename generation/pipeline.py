@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -22,12 +23,14 @@ from feedback.detector import reports_from_output
 from feedback.regions import parse_structure
 
 from .adapters import PipelineAdapter, adapter_for
+from .cards import CALL_DEFAULT_KEYS, PipelineCard
 from .config import LoopConfig
 from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRecord
 from .prompt_syntax import ParsedPrompt, parse_prompt
 from .strategies import LoopState, RoundPlan, get_strategy
 from .verifier import (
     auto_verifier,
+    find_card,
     gate,
     load_verifier,
     rank,
@@ -70,7 +73,14 @@ class FeedbackPipeline:
     ):
         self.adapter = adapter_for(pipe, adapter)
         if isinstance(verifier, str) and verifier == "auto":
+            found = find_card(pipe)
             verifier, detector = auto_verifier(pipe, detector)
+            if verifier is not None:
+                verifier = found  # the card's path, recorded with every result
+        #: where the verifier card came from (recorded in each history's settings)
+        self.verifier_source = None if verifier is None else str(verifier)
+        if self.verifier_source is not None and not isinstance(verifier, (str, Path)):
+            self.verifier_source = "in memory"
         self.verifier = load_verifier(verifier)
         if self.verifier is None:
             say_no_verifier_once()
@@ -85,6 +95,9 @@ class FeedbackPipeline:
         self.pipe = pipe
         self.detector = detector
         self.config = config or LoopConfig()
+        # the card beside the pipeline's weights: its sampling settings apply where a call
+        # gives none (`generation.cards`)
+        self.card = PipelineCard.find(pipe)
         self.strategy = get_strategy(self.config.strategy, self.config)
         say_if_gated(self.config, self.verifier)
         # What the strategy needs regardless of call arguments (guidance scale is checked per
@@ -205,7 +218,7 @@ class FeedbackPipeline:
         prompt: str | list[str],
         *,
         num_images_per_prompt: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
@@ -217,11 +230,18 @@ class FeedbackPipeline:
     ):
         """Run the loop for each prompt (see `LoopConfig`).
 
-        num_images_per_prompt: overrides `config.samples_per_round` for this call.
-        generator: a seeded `torch.Generator` draws the base seed (else `config.seed`); image
-            k of a prompt is generated with its own generator seeded base + k, so every image is
-            reproducible alone.
-        num_inference_steps, guidance_scale: None = the pipeline's own defaults.
+        num_images_per_prompt: k images per round, and the k best per prompt returned
+            (`images` holds k per prompt, in prompt order, best first; `config.max_images`,
+            the budget, must be >= k). None: `config.samples_per_round` per round, one image
+            per prompt returned.
+        generator: as diffusers takes it: one `torch.Generator`, or a list of one per image of
+            a round. The first round of a prompt is the pipeline's own call with it, so
+            `fb(p, generator=g, num_images_per_prompt=k)` starts from exactly the images of
+            `pipe(p, generator=g, num_images_per_prompt=k)`; later rounds draw their seeds
+            from it (the first generator of a list). None: `config.seed`; image k of a prompt
+            then has its own generator seeded base + k, reproducible alone.
+        num_inference_steps, guidance_scale: None = the card's beside the pipeline's weights
+            (`generation.cards`), else the pipeline's own call defaults.
         callback_on_round_end(prompt, record): called after each round is scored.
         Other keyword arguments go to the pipeline call unchanged.
         """
@@ -241,7 +261,8 @@ class FeedbackPipeline:
                 history.append(item)
             elif callback_on_round_end is not None:
                 callback_on_round_end(item.prompt, item.record)
-        kept = torch.cat([h.rounds[h.best[0]].images[h.best[1]][None] for h in history])
+        k = num_images_per_prompt or 1
+        kept = torch.cat([h.rounds[r].images[i][None] for h in history for r, i in self._top(h, k)])
         images = self._convert(kept, output_type)
         if not return_dict:
             return (images, history)
@@ -252,7 +273,7 @@ class FeedbackPipeline:
         prompt: str | list[str],
         *,
         num_images_per_prompt: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
@@ -271,14 +292,26 @@ class FeedbackPipeline:
         ):
             if v is not None:
                 call_kw[k] = v
+        if self.card is not None:
+            for k in CALL_DEFAULT_KEYS:
+                if k not in call_kw and k in self.card.call_defaults:
+                    call_kw[k] = self.card.call_defaults[k]
         sources = self.check_inputs(prompt, negative_prompt, output_type, call_kw)
         parsed = self.parse_prompts(sources)
         prompts = [p.text for p in parsed]
         per_round = num_images_per_prompt or self.config.samples_per_round
-        if generator is not None:
-            base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        else:
-            base = self.config.seed
+        if num_images_per_prompt is not None:
+            if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+                raise ValueError(
+                    f"num_images_per_prompt must be a positive integer, got "
+                    f"{num_images_per_prompt!r}"
+                )
+            if num_images_per_prompt > self.config.max_images:
+                raise ValueError(
+                    f"num_images_per_prompt={num_images_per_prompt} asks for more images than "
+                    f"the budget LoopConfig.max_images={self.config.max_images}"
+                )
+        gens = self._user_generators(generator, len(prompts), per_round)
         negs = (
             [negative_prompt] * len(prompts)
             if negative_prompt is None or isinstance(negative_prompt, str)
@@ -289,14 +322,74 @@ class FeedbackPipeline:
         for p, cut in zip(prompts, cuts):
             self._warn_windows(p, cut, call_kw)
         for j, (pp, neg, cut) in enumerate(zip(parsed, negs, cuts)):
-            yield from self._rounds(pp, neg, base + 100_003 * j, per_round, call_kw, cut)
+            yield from self._rounds(
+                pp,
+                neg,
+                self.config.seed + 100_003 * j,
+                per_round,
+                call_kw,
+                cut,
+                gens[j],
+                explicit=num_images_per_prompt is not None,
+            )
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _user_generators(generator, n_prompts: int, per_round: int) -> list:
+        """Per prompt, the caller's generator(s) for its first round (None: seeds)."""
+        if generator is None:
+            return [None] * n_prompts
+        if isinstance(generator, torch.Generator):
+            return [generator] * n_prompts  # drawn from in turn, as one call would
+        gens = list(generator)
+        if not gens or not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError("`generator` must be a torch.Generator or a list of them")
+        if len(gens) != n_prompts * per_round:
+            raise ValueError(
+                f"`generator` holds {len(gens)} generators but {n_prompts} prompt(s) x "
+                f"{per_round} image(s) per round need {n_prompts * per_round}: pass one per "
+                "image, or a single generator"
+            )
+        return [gens[j * per_round : (j + 1) * per_round] for j in range(n_prompts)]
+
+    def _top(self, h: PromptHistory, k: int) -> list[tuple[int, int]]:
+        """The k images to return for a prompt, best first: the kept one, then the next best
+        finished images by the same rule."""
+        out = [h.best]
+        pool = [
+            (rec.round, i)
+            for rec in h.rounds
+            if not rec.preview
+            for i in range(len(rec.reports))
+            if (rec.round, i) != h.best
+        ]
+        while len(out) < k and pool:
+            reports = [h.rounds[r].reports[i] for r, i in pool]
+            if self.verifier is not None:
+                probs = [
+                    h.rounds[r].p_right[i] if i < len(h.rounds[r].p_right) else 0.0 for r, i in pool
+                ]
+                j = self.verifier.select(reports, probs)
+            else:
+                from .selection import best_index
+
+                j = best_index(reports)
+            out.append(pool.pop(j))
+        return out
+
     def _images(
-        self, state: LoopState, plan: RoundPlan, seeds: list[int], call_kw: dict | None = None
+        self,
+        state: LoopState,
+        plan: RoundPlan,
+        seeds: list[int],
+        call_kw: dict | None = None,
+        user_gens=None,
     ) -> torch.Tensor:
         dev = getattr(self.pipe, "device", "cpu")
-        gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        if user_gens is not None:
+            gens = user_gens  # the caller's own generator(s): the pipeline's own call
+        else:
+            gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         call_kw = state.call_kw if call_kw is None else call_kw
         if plan.generate is not None:
             return plan.generate(state, gens)
@@ -316,9 +409,10 @@ class FeedbackPipeline:
                 generators=gens,
                 negative_prompt=state.negative_prompt,
                 call_kw=call_kw,
+                n=len(seeds),
             )
 
-    def _rounds(self, parsed: ParsedPrompt, neg, base, per_round, call_kw, cut):
+    def _rounds(self, parsed: ParsedPrompt, neg, base, per_round, call_kw, cut, user_gen, explicit):
         cfg, det, strat = self.config, self.detector, self.strategy
         prompt = parsed.text
         state = LoopState(prompt, self.adapter, cfg, det.config.threshold, call_kw, neg)
@@ -336,16 +430,26 @@ class FeedbackPipeline:
         passes = self.adapter.cfg_passes(call_kw, neg)
         used, used_steps, next_seed, stopped = 0, 0, base, "max_rounds"
         plan: RoundPlan | None = strat.first(state)
+        first_plain = plan.fix == "plain" and not plan.call_kw and plan.seeds is None
+        if user_gen is not None and not first_plain:
+            # a strategy whose first round is not the plain call: its seeds come from the
+            # caller's generator
+            g = user_gen if isinstance(user_gen, torch.Generator) else user_gen[0]
+            next_seed = base = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            user_gen = None
+        single = strat.single_round and not explicit
         n_rounds = cfg.max_rounds
-        if strat.single_round:
+        if single:
             n_rounds = 1
+        elif strat.single_round:
+            n_rounds = -(-budget // per_round)  # best-of-N in rounds of the k asked for
         elif strat.rounds_by_steps and steps_budget is not None:
             n_rounds = steps_budget  # every round spends at least one step
         for r in range(n_rounds):
             if plan.n is not None:
                 n = plan.n if plan.preview else min(plan.n, budget - used)
             else:
-                n = budget - used if strat.single_round else min(per_round, budget - used)
+                n = budget - used if single else min(per_round, budget - used)
             round_kw = {**state.call_kw, **plan.call_kw}
             per_image = round_kw.get("num_inference_steps", full_steps)
             if steps_budget is not None and per_image:
@@ -357,15 +461,25 @@ class FeedbackPipeline:
             if n <= 0:
                 stopped = "max_images"
                 break
-            if plan.seeds is not None:
+            gens_now = None
+            if r == 0 and user_gen is not None:
+                gens_now = user_gen if isinstance(user_gen, list) else [user_gen]
+                seeds = [None] * n  # the caller's generator made them
+                if isinstance(user_gen, torch.Generator):
+                    gens_now = user_gen
+            elif plan.seeds is not None:
                 seeds = list(plan.seeds[:n])
-            elif r == 0 or not plan.reuse_seeds or state.best is None:
+            elif r == 0 or not plan.reuse_seeds or state.best is None or _no_seed(state):
+                if r == 1 and user_gen is not None:
+                    # later rounds draw their seeds from the caller's generator
+                    g = user_gen if isinstance(user_gen, torch.Generator) else user_gen[0]
+                    next_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
                 seeds = list(range(next_seed, next_seed + n))
                 next_seed += n
             else:
                 s0 = state.rounds[state.best[0]].seeds[state.best[1]]
                 seeds = [s0 + 7919 * k for k in range(n)]
-            images = self._images(state, plan, seeds, round_kw)
+            images = self._images(state, plan, seeds, round_kw, gens_now)
             if plan.reports is not None:
                 reports = plan.reports  # scored as the round ran (a candidate stopped early)
             else:
@@ -400,8 +514,11 @@ class FeedbackPipeline:
             yield RoundEvent(prompt, rec, state.best)
             p_best = probs[state.best[0]][state.best[1]] if self.verifier else None
             if strat.single_round:
-                stopped = "max_images"  # the whole budget in one round: nothing stopped early
-                break
+                if single or used >= budget:
+                    stopped = "max_images"  # the whole budget spent: nothing stopped early
+                    break
+                plan = RoundPlan("plain")  # best-of-N in rounds of k: the next k samples
+                continue
             if (
                 not plan.preview
                 and cfg.stop_when_aligned
@@ -422,7 +539,17 @@ class FeedbackPipeline:
                 # attend_and_excite, whose flagged words often map onto no token)
                 plan = RoundPlan("resample", extra={"no_fix": strat.name})
         source = parsed.source if parsed.source != prompt else None
-        yield PromptHistory(prompt, state.rounds, state.best, stopped, source)
+        h, w = state.rounds[0].images.shape[-2:]
+        settings = {
+            "num_inference_steps": full_steps,
+            "guidance_scale": self.adapter.call_default("guidance_scale", call_kw, None),
+            "height": int(h),
+            "width": int(w),
+            "detector": det.backend.name,
+            "eps": det.config.threshold,
+            "verifier": self.verifier_source,
+        }
+        yield PromptHistory(prompt, state.rounds, state.best, stopped, source, settings)
 
     def _score(self, images: torch.Tensor, prompt: str, structure) -> tuple[list, list]:
         """(the detector's words, one report per image): region-aware when the prompt has
@@ -466,3 +593,9 @@ class FeedbackPipeline:
         from diffusers.image_processor import VaeImageProcessor
 
         return VaeImageProcessor.numpy_to_pil(arr)
+
+
+def _no_seed(state) -> bool:
+    """The kept image came from the caller's generator (no seed to reuse)."""
+    r, i = state.best
+    return state.rounds[r].seeds[i] is None

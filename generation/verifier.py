@@ -11,7 +11,8 @@ which the loop says once.
 
 Fixes only where they pay (`gate`): a card may also hold what each fix bought over a fresh
 sample on this generator, by the kind of word flagged (`Verifier.fix_gains`, measured by
-`recipes/measure_fixes.py` or from your own labelled trials with `clip4dm calibrate --fixes`).
+`shapesworld.build.measure_fixes` or from your own labelled trials with
+`clip4dm calibrate --fixes`).
 A fix round whose measured gain for the kept image's worst flagged word is not above 0 becomes
 a fresh sample, recorded as `fix="resample"` with `extra["gated"]` naming the fix it replaced.
 """
@@ -37,13 +38,11 @@ CARD_FILE = "verifier.json"
 def find_card(pipe) -> Path | None:
     """The verifier card beside the pipeline's weights (`<folder>/verifier.json`, where the
     pipeline was loaded from: `pipe.name_or_path`), or None."""
-    root = getattr(pipe, "name_or_path", None)
-    if root is None:
-        root = getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    if not isinstance(root, (str, Path)) or not str(root):
-        return None
-    path = Path(root) / CARD_FILE
-    return path if path.is_file() else None
+    from .cards import pipeline_folder
+
+    folder = pipeline_folder(pipe)
+    path = folder / CARD_FILE if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def auto_verifier(pipe, detector):

@@ -71,8 +71,8 @@ def render_batch(
 def anchor_source(resolution: int = 32, p_two_objects: float = 0.6):
     """Anchor data for the fine-tuning recipes (`generation.finetune.anchors`): `(n, rng) ->
     (images (n, 3, R, R) in [0, 1], true captions)`, freshly rendered scenes from the base
-    pipeline's own training distribution (`recipes/train_shapes_t2i.py`'s share of two-object
-    scenes)."""
+    pipeline's own training distribution (`shapesworld.build.train_shapes_t2i`'s share of
+    two-object scenes)."""
 
     def anchors(n: int, rng: np.random.Generator):
         return render_batch(

@@ -76,14 +76,14 @@ def label_generated(image, prompt: str, rng: np.random.Generator) -> GeneratedEx
 
 
 def load_pool(path: str | Path) -> tuple[np.ndarray, list[GeneratedExample]]:
-    """A pool written by `recipes/generate_shapes_pool.py`: uint8 images (N, H, W, 3) and
-    their labels, read from every finished part of the folder in order."""
+    """A pool written by `shapesworld.build.generate_shapes_pool`: uint8 images (N, H, W, 3)
+    and their labels, read from every finished part of the folder in order."""
     path = Path(path)
     parts = sorted(path.glob("part-*.npz"))
     if not parts:
         raise FileNotFoundError(
             f"no generated pool in {path} (part-*.npz): make one with "
-            "recipes/generate_shapes_pool.py"
+            "`python -m shapesworld.build.generate_shapes_pool`"
         )
     images, labels = [], []
     for part in parts:

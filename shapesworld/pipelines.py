@@ -35,7 +35,8 @@ def pipeline_path(name: str = PIPELINE_NAME) -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"no shipped pipeline {name!r} at {path}: train one with "
-            "recipes/train_shapes_t2i.py and package it with recipes/package_shapes_t2i.py"
+            "`python -m shapesworld.build.train_shapes_t2i` and package it with "
+            "`python -m shapesworld.build.package_shapes_t2i`"
         )
     return path
 

@@ -250,7 +250,7 @@ def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps(
     assert fb.config.strategy == args.strategy == RECOMMENDED_STRATEGY
 
 
-def test_the_detector_package_imports_nothing_from_generation():
+def test_the_detector_package_imports_nothing_from_generation_or_the_testbed():
     """Data flows one way: feedback -> generation. The `clip4dm` entry point is generation's
     CLI, which composes feedback's commands with the loop's."""
     import ast
@@ -266,9 +266,20 @@ def test_the_detector_package_imports_nothing_from_generation():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module or ""]
-            assert not any(n.split(".")[0] == "generation" for n in names), (
+            assert not any(n.split(".")[0] in ("generation", "shapesworld") for n in names), (
                 f"{f.relative_to(root)} imports {names}"
             )
+    # the loop imports the testbed only where a shipped name is resolved (its CLI) and where
+    # the app offers the testbed's examples
+    for f in (root / "generation").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(n.split(".")[0] == "shapesworld" for n in names):
+                assert f.name in ("cli.py", "app.py"), f"{f.relative_to(root)} imports {names}"
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["clip4dm"] == "generation.cli:main"
     from feedback.cli.main import build_parser as detector_parser
@@ -369,7 +380,7 @@ def test_the_readme_quotes_the_cards_it_names():
     names = {"clip_score": "CLIPScore", "p_right": "P(right)", "region_score": "the region score"}
     assert f"it is {names[card['select_by']]}" in text
     # the fix-gain table: one row per fix the card measured, each cell the card's figures
-    assert card["fix_gains"], "the shipped card has no fix gains (recipes/measure_fixes.py)"
+    assert card["fix_gains"], "the shipped card has no fix gains (shapesworld.build.measure_fixes)"
     for fix, kinds in card["fix_gains"].items():
         row = next(x for x in text.splitlines() if x.startswith(f"| `{fix}` |"))
         for kind in ("object", "relation"):

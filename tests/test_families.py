@@ -351,7 +351,8 @@ def test_cli_generate_loads_any_family_from_a_saved_folder(family, pipes, tmp_pa
     code = main(
         ["generate", "--pipeline", str(folder), "--prompts", str(prompts), "--out", str(out)]
         + ["--budget", "2", "--steps", "2", "--guidance", "3", "--strategy", "reweight"]
-        + ["--mode", "most-negative"]  # the loop's default detector; always a word flagged
+        + ["--model", "shapes-tiny-gen2"]  # the testbed's loop detector (no card names one)
+        + ["--mode", "most-negative"]  # always a word flagged
         + ["--height", "32", "--width", "32"]
         + [f"--pipeline-arg={k}={json.dumps(v)}" for k, v in extra.items() if k != "guidance_scale"]
     )

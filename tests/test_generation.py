@@ -174,7 +174,12 @@ def test_seeded_runs_are_deterministic(sd_pipe, tiny_open_clip_dir):
     b = fb(PROMPT, generator=torch.Generator().manual_seed(7), output_type="pt", **GEN)
     c = fb(PROMPT, generator=torch.Generator().manual_seed(8), output_type="pt", **GEN)
     assert torch.equal(a.images, b.images)
-    assert a.history[0].rounds[0].seeds != c.history[0].rounds[0].seeds
+    assert not torch.equal(a.history[0].rounds[0].images, c.history[0].rounds[0].images)
+    # round 0 came from the caller's generator (no seed of ours); later rounds' seeds are
+    # drawn from it, so they follow it too
+    assert a.history[0].rounds[0].seeds == [None]
+    assert a.history[0].rounds[1].seeds == b.history[0].rounds[1].seeds
+    assert a.history[0].rounds[1].seeds != c.history[0].rounds[1].seeds
 
 
 def test_best_of_n_is_one_batched_round(sd_pipe, detector):

@@ -11,7 +11,7 @@ import pytest
 
 from feedback import MisalignmentDetector
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_shapes_clip.py"
+RECIPE = "shapesworld.build.train_shapes_clip"  # run as a module (`-m`), as documented
 SMALL = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8},
@@ -33,7 +33,8 @@ def _launch(out, *extra):
         "no",
         "--dynamo_backend",
         "no",
-        str(RECIPE),
+        "-m",
+        RECIPE,
         "--output-dir",
         str(out),
         "--batch-size",
@@ -76,8 +77,8 @@ def test_t2i_recipe_writes_a_stock_pipeline_and_continues(tmp_path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from recipes.train_shapes_t2i import main as train_t2i
-    from recipes.train_shapes_t2i import parse_args as t2i_args
+    from shapesworld.build.train_shapes_t2i import main as train_t2i
+    from shapesworld.build.train_shapes_t2i import parse_args as t2i_args
 
     out = tmp_path / "t2i"
     args = ["--output-dir", str(out), "--vae-steps", "3", "--unet-steps", "3", "--batch-size", "4"]
@@ -107,7 +108,7 @@ def test_recipe_two_ranks_stay_identical(tmp_path):
     ranks hold the same weights (they diverged when the recipe forwarded the unwrapped model)."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(RECIPE), "--output-dir", str(out), "--batch-size", "4", "--foils-per-image", "2"]
+    cmd += ["-m", RECIPE, "--output-dir", str(out), "--batch-size", "4", "--foils-per-image", "2"]
     cmd += ["--steps", "3", "--save-every", "100", "--export-every", "100", "--threads", "1"]
     cmd += ["--model-cfg", json.dumps(SMALL), "--max-minutes", "30"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -126,8 +127,8 @@ def test_generated_pool_resumes_and_fine_tunes_the_detector(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from recipes.generate_shapes_pool import PoolConfig
-    from recipes.generate_shapes_pool import main as make_pool
+    from shapesworld.build.generate_shapes_pool import PoolConfig
+    from shapesworld.build.generate_shapes_pool import main as make_pool
     from shapesworld.generated import load_pool
 
     pool = tmp_path / "pool"

@@ -11,9 +11,9 @@ import pytest
 from recipes.cli import field_docs, parse_config
 from recipes.finetune_ddpo import DDPOConfig
 from recipes.finetune_reward_filtered import FilteredConfig
-from recipes.generate_shapes_pool import PoolConfig
-from recipes.train_shapes_clip import TrainConfig
-from recipes.train_shapes_t2i import T2IConfig
+from shapesworld.build.generate_shapes_pool import PoolConfig
+from shapesworld.build.train_shapes_clip import TrainConfig
+from shapesworld.build.train_shapes_t2i import T2IConfig
 
 
 def test_flags_in_both_spellings_and_bool_switches():

@@ -169,7 +169,7 @@ def test_pool_batch_puts_the_failed_prompt_first(tmp_path):
 def test_prompt_groups_keep_mixed_groups_and_group_batch_ranks_them():
     import torch
 
-    from recipes.contrastive import group_ranking_loss
+    from shapesworld.build.contrastive import group_ranking_loss
     from shapesworld.data import group_batch, prompt_groups
     from shapesworld.generated import GeneratedExample
 

@@ -328,12 +328,12 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
 
 @pytest.mark.slow
 def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_path):
-    """`recipes/measure_fixes.py` on the shipped pipeline: one trial per (prompt, fix) line,
-    a rerun makes nothing again, and the card gets `fit_fix_gains` of the trials."""
+    """`shapesworld.build.measure_fixes` on the shipped pipeline: one trial per (prompt, fix)
+    line, a rerun makes nothing again, and the card gets `fit_fix_gains` of the trials."""
     import shutil
 
     from feedback import fit_fix_gains
-    from recipes.measure_fixes import MeasureFixesConfig, main
+    from shapesworld.build.measure_fixes import MeasureFixesConfig, main
     from shapesworld.pipelines import loop_verifier_path
 
     card = tmp_path / "verifier.json"

@@ -65,7 +65,11 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("score", help="score a JSONL manifest of {id, image, caption}")
     s.add_argument(
-        "--data", required=True, help="manifest.jsonl: one {id, image, caption} per line"
+        "--data",
+        required=True,
+        help="manifest.jsonl: one {id, image, caption} per line; a line without an id is "
+        "numbered by its line number (1-based, blank lines counted), so keep such lines in "
+        "place between reruns",
     )
     s.add_argument("--out", required=True, help="results.jsonl (appended; reruns resume)")
     s.add_argument(
@@ -127,8 +131,8 @@ def add_commands(sub) -> None:
         metavar="TRIALS.jsonl",
         help="with --verifier: also record what each loop fix bought over a fresh sample, from "
         'labelled trials ({"fix", "kind", "fixed_right", "fresh_right"} per line; '
-        "recipes/measure_fixes.py makes them for ShapesWorld); the loop then applies a fix "
-        "only where it paid",
+        "python -m shapesworld.build.measure_fixes makes them for ShapesWorld); the loop then "
+        "applies a fix only where it paid",
     )
     c.add_argument(
         "--no-regions",
@@ -155,7 +159,9 @@ def _cmd_eval(args) -> int:
     from ..eval.evaluate import detect_samples, nli_entailment, run_benchmark
 
     kwargs = {}
-    if args.benchmark == "shapes-foil":
+    from ..eval.datasets import NO_DATA
+
+    if args.benchmark in NO_DATA:
         kwargs["n"] = args.n
     else:
         if args.images:
@@ -166,12 +172,9 @@ def _cmd_eval(args) -> int:
     if not samples:
         raise InputError(f"{args.data or args.benchmark}: no samples to evaluate")
     det = build_detector(args)
-    content = None
-    if args.benchmark == "shapes-foil":
-        from shapesworld import WORD_KINDS
+    from ..eval.datasets import CONTENT
 
-        def content(w):
-            return w.lower() in WORD_KINDS
+    content = CONTENT.get(args.benchmark)
 
     reports, seconds = detect_samples(det, samples, regions=args.regions)
     result = run_benchmark(
@@ -227,8 +230,11 @@ def _cmd_eval(args) -> int:
 def _cmd_score(args) -> int:
     from accelerate import PartialState
 
-    from ..batch import score_manifest
+    from ..batch import no_rows_message, read_manifest, score_manifest
 
+    rows = read_manifest(args.data)  # a manifest with no valid line fails before the model loads
+    if not rows[0]:
+        raise InputError(no_rows_message(args.data, rows[1]))
     # torchrun (or `accelerate launch` on GPUs) starts the ranks; PartialState joins them
     # (gloo on CPU). A plain `clip4dm score` is one rank of one.
     cpu = str(args.device) == "cpu"
@@ -246,6 +252,7 @@ def _cmd_score(args) -> int:
         retry_errors=args.retry_errors,
         wait=state.wait_for_everyone,
         regions=args.regions,
+        rows=rows,
     )
     if state.is_main_process:
         import sys

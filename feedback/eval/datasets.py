@@ -361,34 +361,31 @@ def load_seetrue(path: str | Path, images_dir: str | Path | None = None) -> Iter
         )
 
 
-def load_shapes_foil(n: int = 1000, seed: int | None = None) -> Iterator[Sample]:
-    """The held-out ShapesWorld FOIL set, rendered in memory: each item yields its foiled
-    caption (with the foil word's span and kind) and its original caption."""
-    from shapesworld import HELD_OUT_SEED, foil_set
-
-    for ex in foil_set(n, seed=HELD_OUT_SEED if seed is None else seed):
-        img = ex.image()
-        f = ex.foil
-        yield Sample(
-            f"{ex.id}-foil",
-            img,
-            f.foil,
-            is_original=False,
-            foil_words=[f.foil_word],
-            foil_spans=[(f.start, f.end)],
-            kind=f.kind,
-        )
-        yield Sample(f"{ex.id}-orig", img, f.original, is_original=True, kind=f.kind)
-
-
 BENCHMARKS = {
     "foil": (load_foil, "most-negative"),
     "nocaps-foil": (load_nocaps_foil, "most-negative"),
     "hat": (load_hat, "threshold"),
     "richhf": (load_richhf, "threshold"),
     "seetrue": (load_seetrue, "threshold"),
-    "shapes-foil": (load_shapes_foil, "most-negative"),
 }
+#: benchmarks rendered in memory (no --data), and per benchmark which words are content
+#: words (the rest are never scored as hits or misses); both filled by `register_benchmark`
+NO_DATA: set[str] = set()
+CONTENT: dict = {}
+
+
+def register_benchmark(
+    name: str, loader, mode: str = "threshold", *, needs_data: bool = True, content=None
+) -> None:
+    """Add a benchmark to `load_benchmark` and `clip4dm eval` (the offline testbed registers
+    its `shapes-foil` this way, so this package never imports it). `loader(data, **kw)` (or
+    `loader(**kw)` with `needs_data=False`) yields `Sample`s; `mode` is the detector's mode the
+    benchmark is scored in; `content(word) -> bool` marks the words that count."""
+    BENCHMARKS[name] = (loader, mode)
+    if not needs_data:
+        NO_DATA.add(name)
+    if content is not None:
+        CONTENT[name] = content
 
 
 _BAD_FILE = (
@@ -410,7 +407,7 @@ def load_benchmark(name: str, data: str | Path | None = None, **kwargs) -> list[
     if name not in BENCHMARKS:
         raise InputError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     loader, _ = BENCHMARKS[name]
-    if name == "shapes-foil":
+    if name in NO_DATA:
         return list(loader(**kwargs))
     if data is None:
         raise InputError(f"benchmark {name!r} needs --data PATH")

@@ -245,18 +245,24 @@ class PipelineAdapter:
         self,
         inputs: dict,
         *,
-        generators: list[torch.Generator],
+        generators: list[torch.Generator] | torch.Generator,
         negative_prompt: str | None = None,
         call_kw: dict | None = None,
+        n: int | None = None,
     ) -> torch.Tensor:
-        """(n, 3, H, W) float images in [0, 1], one per generator. `inputs` is
-        `{"prompt": text}` or what `encode` returned."""
+        """(n, 3, H, W) float images in [0, 1], one per generator (or `n` from one generator,
+        as diffusers draws them). `inputs` is `{"prompt": text}` or what `encode` returned."""
         kw = dict(call_kw or {})
         if negative_prompt is not None:
             kw["negative_prompt"] = negative_prompt
+        if isinstance(generators, torch.Generator):
+            if n is None:
+                raise ValueError("one generator for the round: say how many images (n)")
+        else:
+            n = len(generators)
         out = self.pipe(
             **inputs,
-            num_images_per_prompt=len(generators),
+            num_images_per_prompt=n,
             generator=generators,
             output_type="pt",
             **kw,

@@ -94,3 +94,35 @@ def relabel(
             cos = detector.cosine(images[k : k + 1], cands)[0]
             result.append(cands[int(cos.argmax())])
     return result
+
+
+def read_candidates(path, flag: str = "--candidates") -> dict[str, list[str]]:
+    """Candidate lists from a JSON file `{word kind: [interchangeable words]}`, e.g.
+    `{"color": ["red", "blue"], "animal": ["dog", "cat"]}` (words lowercased, each a single
+    word, at least two per kind). Raises `ValueError` with one line naming `flag` and the
+    problem (no such file, not JSON, not that shape)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"{flag}: no such file: {path}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path}: not valid JSON ({e})") from None
+    shape = '{"kind": ["word", "word", ...], ...}'
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{flag} {path}: expected a non-empty JSON object {shape}")
+    out: dict[str, list[str]] = {}
+    for kind, words in data.items():
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"{flag} {path}: {kind!r} must be a list of words, as in {shape}")
+        words = list(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
+        if len(words) < 2:
+            raise ValueError(f"{flag} {path}: {kind!r} needs at least two words to swap between")
+        spaced = [w for w in words if len(w.split()) > 1]
+        if spaced:
+            raise ValueError(f"{flag} {path}: {kind!r}: candidates are single words, got {spaced[0]!r}")
+        out[str(kind)] = words
+    return out

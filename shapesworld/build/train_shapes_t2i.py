@@ -2,7 +2,7 @@
 
 Usage (CPU; more processes on more devices):
 
-    accelerate launch --cpu --num_processes 1 recipes/train_shapes_t2i.py \
+    accelerate launch --cpu --num_processes 1 -m shapesworld.build.train_shapes_t2i \
         --output-dir runs/shapes-sd-tiny --max-minutes 45
 
 Two stages, both on freshly rendered 32 px scenes (no dataset on disk):

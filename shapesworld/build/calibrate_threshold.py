@@ -2,7 +2,7 @@
 
 Usage:
 
-    python recipes/calibrate_threshold.py --model shapes-tiny --n 1000 --rate 0.1 [--write]
+    python -m shapesworld.build.calibrate_threshold --model shapes-tiny --rate 0.1 [--write]
 
 Runs the detector with the card's other settings (layers) on the ShapesWorld *validation*
 split (held-out seed + 1: never the test split the README reports), picks the largest eps at
@@ -18,9 +18,9 @@ import json
 
 from feedback import MisalignmentDetector
 from feedback.eval.calibration import calibrate_threshold
-from feedback.eval.datasets import load_shapes_foil
 from feedback.registry import shipped_model
 from shapesworld import HELD_OUT_SEED
+from shapesworld.benchmark import load_shapes_foil
 
 VALIDATION_SEED = HELD_OUT_SEED + 1
 

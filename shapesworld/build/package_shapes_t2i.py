@@ -1,6 +1,6 @@
 """Package a trained `shapes-sd-tiny` pipeline into the repository, with its model card.
 
-    python recipes/package_shapes_t2i.py --run runs/shapes-sd-tiny [--n 200]
+    python -m shapesworld.build.package_shapes_t2i --run runs/shapes-sd-tiny [--n 200]
 
 Copies `RUN/pipeline` (fp16 safetensors, stock diffusers layout) to
 `shapesworld/weights/shapes-sd-tiny`, then measures on a validation prompt set (seeds the
@@ -32,9 +32,7 @@ from shapesworld.pipelines import (
 @dataclass
 class PackageT2IConfig:
     run: str = "runs/shapes-sd-tiny"
-    dest: str = str(
-        Path(__file__).resolve().parents[1] / "shapesworld" / "weights" / "shapes-sd-tiny"
-    )
+    dest: str = str(Path(__file__).resolve().parents[1] / "weights" / "shapes-sd-tiny")
     n: int = 200
     """Validation prompts per kind (one- and two-object)."""
     steps: int = 20
@@ -133,7 +131,7 @@ def write_readme(dest: Path, card: dict) -> None:
     (dest / "README.md").write_text(
         "# shapes-sd-tiny\n\n"
         "A genuine diffusers `StableDiffusionPipeline` for ShapesWorld, trained from scratch by "
-        "`recipes/train_shapes_t2i.py`: 32x32 RGB, `AutoencoderKL` (16x16x4 latent, "
+        "`shapesworld.build.train_shapes_t2i`: 32x32 RGB, `AutoencoderKL` (16x16x4 latent, "
         f"{training.get('vae_psnr_db', float('nan')):.1f} dB reconstruction PSNR), "
         "`UNet2DConditionModel` with cross-attention at 8x8 and 4x4, conditioned on the frozen "
         "text tower of `shapes-tiny` as a transformers `CLIPTextModel`; "
@@ -156,8 +154,9 @@ def write_readme(dest: Path, card: dict) -> None:
             for name, m in (("one object", one), ("two objects", two))
         )
         + "\nLoop stop rule, per detector: eps calibrated on these generated images so that "
-        "about 10% of the fully right images get a word flagged (`recipes/calibrate_loop.py`); "
-        "`clip4dm demo` and `clip4dm generate` use it unless `--threshold` is given.\n\n"
+        "about 10% of the fully right images get a word flagged "
+        "(`shapesworld.build.calibrate_loop`); `clip4dm demo` and `clip4dm generate` use it "
+        "unless `--threshold` is given.\n\n"
         "| detector | eps | right images flagged | wrong word flagged | wrong images with a "
         "flag | detector card's eps (rendered scenes) |\n|---|---|---|---|---|---|\n"
         + "".join(
@@ -172,7 +171,9 @@ def write_readme(dest: Path, card: dict) -> None:
 def main(cfg: PackageT2IConfig) -> dict:
     src, dest = Path(cfg.run) / "pipeline", Path(cfg.dest)
     if not (src / "model_index.json").is_file():
-        raise FileNotFoundError(f"no pipeline at {src}: run recipes/train_shapes_t2i.py first")
+        raise FileNotFoundError(
+            f"no pipeline at {src}: run `python -m shapesworld.build.train_shapes_t2i` first"
+        )
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training.json"))

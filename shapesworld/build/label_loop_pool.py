@@ -2,7 +2,7 @@
 format `clip4dm calibrate --data` reads: what a user makes with their own generator and ~300
 labels, here made offline.
 
-    python recipes/label_loop_pool.py --output-dir runs/calibration --prompts 150
+    python -m shapesworld.build.label_loop_pool --output-dir runs/calibration --prompts 150
 
 Prompts come from `CALIBRATION_SEED` (no benchmark or training pool uses them), half one-object
 and half two-object; prompt i's image k is seeded `seed + 1000 i + k` (as the loop seeds a

@@ -2,7 +2,7 @@
 pixel oracle, written into the loop's verifier card so the loop applies a fix only where it
 pays (`Verifier.fix_gains`, `generation.verifier.gate`).
 
-    python recipes/measure_fixes.py --output-dir runs/fixes --prompts 300 \
+    python -m shapesworld.build.measure_fixes --output-dir runs/fixes --prompts 300 \
         --verifier shapesworld/weights/shapes-sd-tiny/verifier.json
 
 For each calibration prompt (`CALIBRATION_SEED`, half one-object, half two-object; image
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, check_ranges
 from recipes.cli import parse_config, run_recipe
-from recipes.label_loop_pool import calibration_prompts
+from shapesworld.build.label_loop_pool import calibration_prompts
 from shapesworld.pipelines import LOOP_DETECTOR, PIPELINE_NAME, judge_tensor
 
 

@@ -1,12 +1,12 @@
 """Generate a pool of oracle-labelled images with the shipped `shapes-sd-tiny` pipeline.
 
-    python recipes/generate_shapes_pool.py --output-dir runs/pool --parts 24
+    python -m shapesworld.build.generate_shapes_pool --output-dir runs/pool --parts 24
 
 Part k holds `--prompts-per-part` prompts (one-object prompts in every third part, two-object
 ones otherwise, from seeds the benchmarks never use) and `--images-per-prompt` images of each,
 labelled by `shapesworld.generated.label_generated`. Each part is written when it is finished
 (`part-K.npz` images, then `part-K.jsonl` labels), so a killed run resumes where it stopped.
-`recipes/train_shapes_clip.py --generated-pool DIR` trains on it.
+`python -m shapesworld.build.train_shapes_clip --generated-pool DIR` trains on it.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Usage (CPU; add --num_processes N on more devices):
 
-    accelerate launch --cpu --num_processes 1 recipes/train_shapes_clip.py \
+    accelerate launch --cpu --num_processes 1 -m shapesworld.build.train_shapes_clip \
         --output-dir runs/shapes-tiny --steps 6000 --max-minutes 80
 
 Fine-tuning for generated images (`shapes-tiny-gen`): start from the shipped model and mix in
-an oracle-labelled pool from `recipes/generate_shapes_pool.py`:
+an oracle-labelled pool from `shapesworld.build.generate_shapes_pool`:
 
-    accelerate launch --cpu --num_processes 1 recipes/train_shapes_clip.py \
+    accelerate launch --cpu --num_processes 1 -m shapesworld.build.train_shapes_clip \
         --output-dir runs/shapes-tiny-gen --init-from shapesworld/weights/shapes-tiny \
         --generated-pool runs/pool --steps 2500 --lr 3e-4 --warmup 100 --max-minutes 30
 
@@ -39,8 +39,12 @@ from tqdm.auto import tqdm
 from feedback.backends import OpenClipBackend, text_forward
 from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, POSITIVE, SHARE, check_ranges
 from recipes.cli import parse_config, run_recipe
-from recipes.contrastive import duplicate_mask, group_ranking_loss, hard_negative_clip_loss
 from shapesworld import Degradation
+from shapesworld.build.contrastive import (
+    duplicate_mask,
+    group_ranking_loss,
+    hard_negative_clip_loss,
+)
 from shapesworld.data import (
     MEAN,
     STD,
@@ -104,9 +108,9 @@ class TrainConfig:
     """Start from an exported model folder (e.g. shapesworld/weights/shapes-tiny) instead of
     from scratch; its model config replaces --model-cfg."""
     generated_pool: str = ""
-    """A folder from recipes/generate_shapes_pool.py: mix oracle-labelled generated images
-    (true caption from the pixels; the generator's failed prompt as a hard negative) into every
-    batch."""
+    """A folder from `python -m shapesworld.build.generate_shapes_pool`: mix oracle-labelled
+    generated images (true caption from the pixels; the generator's failed prompt as a hard
+    negative) into every batch."""
     generated_fraction: float = 0.5
     """Share of each batch drawn from --generated-pool."""
     group_prompts: int = 0

@@ -1,7 +1,7 @@
 """Calibrate a detector's stop-rule eps on the shipped pipeline's generated images; write the
 pipeline's card.
 
-    python recipes/calibrate_loop.py --detector shapes-tiny-gen [--n 200] [--rate 0.1]
+    python -m shapesworld.build.calibrate_loop --detector shapes-tiny-gen [--n 200] [--rate 0.1]
 
 Generates the pipeline's validation prompts (seeds the training and the benchmarks never
 use; one image each), has the ShapesWorld oracle label every image, and picks the largest eps
@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from recipes.package_shapes_t2i import calibrate_loop_threshold, validate, write_readme
+from shapesworld.build.package_shapes_t2i import calibrate_loop_threshold, validate, write_readme
 from shapesworld.pipelines import PIPELINE_NAME, load_pipeline, pipeline_path
 
 

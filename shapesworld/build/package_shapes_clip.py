@@ -2,7 +2,7 @@
 
 Usage:
 
-    python recipes/package_shapes_clip.py --export runs/shapes-tiny/export \
+    python -m shapesworld.build.package_shapes_clip --export runs/shapes-tiny/export \
         --out shapesworld/weights/shapes-tiny
 
 Measures, on a *validation* split (held-out seed + 1, never the test split the README reports):
@@ -25,9 +25,9 @@ import torch
 
 from feedback import DetectorConfig, MisalignmentDetector
 from feedback.backends import cosine, encode_text_fast
-from feedback.eval.datasets import load_shapes_foil
 from feedback.eval.evaluate import run_benchmark
 from shapesworld import HELD_OUT_SEED, describe, render_scene, sample_scene
+from shapesworld.benchmark import load_shapes_foil
 
 VALIDATION_SEED = HELD_OUT_SEED + 1
 
@@ -116,22 +116,24 @@ def main(cfg: PackageConfig) -> dict:
             f"# {dst.name}: shapes-tiny fine-tuned for generated images",
             "",
             f"Fine-tuned from `{Path(training['init_from']).name}` by",
-            "`recipes/train_shapes_clip.py --init-from ... --generated-pool ...`: half of every",
-            "batch is rendered scenes (as before), half is images the shipped `shapes-sd-tiny`",
-            "generated (`recipes/generate_shapes_pool.py`), each with the true caption the pixel",
-            "oracle reads from it and, when the oracle finds the image wrong, the prompt it was",
-            "generated from as a hard negative (the generator's own mistake). fp16 safetensors",
-            f"({size_mb:.1f} MB). `shapes-tiny` stays loadable as it was.",
+            "`python -m shapesworld.build.train_shapes_clip --init-from ... --generated-pool ...`:",
+            "half of every batch is rendered scenes (as before), half is images the shipped",
+            "`shapes-sd-tiny` generated (`python -m shapesworld.build.generate_shapes_pool`), each",
+            "with the true caption the pixel oracle reads from it and, when the oracle finds the",
+            "image wrong, the prompt it was generated from as a hard negative (the generator's own",
+            f"mistake). fp16 safetensors ({size_mb:.1f} MB). `shapes-tiny` stays loadable as it",
+            "was.",
             "",
         ]
     else:
         intro = [
             f"# {dst.name}: a CLIP trained from scratch on ShapesWorld",
             "",
-            "Trained by `recipes/train_shapes_clip.py` (contrastive loss on freshly rendered 32",
-            "px scenes, 3 hard-negative foils per image covering color/shape/size/position/object",
-            "swap, blur and palette-shift augmentation), CLIP's real BPE tokenizer, fp16",
-            f"safetensors ({size_mb:.1f} MB, mostly the 49,408-row token table).",
+            "Trained by `python -m shapesworld.build.train_shapes_clip` (contrastive loss on",
+            "freshly rendered 32 px scenes, 3 hard-negative foils per image covering",
+            "color/shape/size/position/object swap, blur and palette-shift augmentation), CLIP's",
+            f"real BPE tokenizer, fp16 safetensors ({size_mb:.1f} MB, mostly the 49,408-row token",
+            "table).",
             "",
         ]
     lines = intro + [
@@ -149,7 +151,8 @@ def main(cfg: PackageConfig) -> dict:
         f"- recommended: layers={best_k}, threshold={best_eps:g} (applied by "
         f"`from_pretrained('{dst.name}')` unless overridden)",
         "",
-        "Measured by `recipes/package_shapes_clip.py` on the validation split (seed "
+        "Measured by `python -m shapesworld.build.package_shapes_clip` on the validation split "
+        "(seed "
         f"{VALIDATION_SEED}); the README's table uses the separate test split.",
     ]
     (dst / "README.md").write_text("\n".join(lines) + "\n")
