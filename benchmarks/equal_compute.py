@@ -29,6 +29,8 @@ from generation import FeedbackPipeline, LoopConfig
 from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
+    SAMPLING,
+    STEPS,
     judge_tensor,
     load_pipeline,
     loop_threshold,
@@ -36,8 +38,7 @@ from shapesworld.pipelines import (
     prompt_set,
 )
 
-STEPS = 20
-GEN = dict(num_inference_steps=STEPS, guidance_scale=4.0, output_type="pt")
+GEN = dict(SAMPLING, output_type="pt")
 
 
 def main():

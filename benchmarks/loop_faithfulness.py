@@ -43,6 +43,7 @@ from generation import FeedbackPipeline, LoopConfig
 from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
+    SAMPLING,
     judge_tensor,
     load_pipeline,
     loop_threshold,
@@ -51,7 +52,7 @@ from shapesworld.pipelines import (
     word_kind_accuracy,
 )
 
-GEN = dict(num_inference_steps=20, guidance_scale=4.0, output_type="pt")
+GEN = dict(SAMPLING, output_type="pt")
 
 
 class OracleDetector(MisalignmentDetector):

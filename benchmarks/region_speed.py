@@ -79,7 +79,7 @@ def detector_rows(models, batches, repeat):
 def loop_share(repeat: int) -> dict:
     from feedback import MisalignmentDetector
     from generation import FeedbackPipeline, LoopConfig
-    from shapesworld.pipelines import LOOP_DETECTOR, load_pipeline
+    from shapesworld.pipelines import LOOP_DETECTOR, SAMPLING, load_pipeline
 
     pipe = load_pipeline()
     det = MisalignmentDetector.from_pretrained(LOOP_DETECTOR)
@@ -101,7 +101,7 @@ def loop_share(repeat: int) -> dict:
         return run
 
     d.score, d.score_regions = timing(d.score), timing(d.score_regions)
-    kw = dict(num_inference_steps=20, guidance_scale=4.0, output_type="pt")
+    kw = dict(SAMPLING, output_type="pt")
     fb(PROMPT, **kw)  # warm-up
     shares, totals = [], []
     for _ in range(repeat):

@@ -51,10 +51,6 @@ class MisalignmentReport:
     def unscored_words(self) -> list[str]:
         return [w.word for w in self.words if w.score is None]
 
-    def most_negative(self) -> WordScore | None:
-        scored = [w for w in self.words if w.score is not None]
-        return min(scored, key=lambda w: w.score) if scored else None
-
     def to_dict(self) -> dict:
         return {
             "caption": self.caption,

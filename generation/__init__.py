@@ -16,10 +16,33 @@ from .outputs import FeedbackPipelineOutput, PromptHistory, RoundEvent, RoundRec
 from .pipeline import FeedbackPipeline
 from .prompt_syntax import ParsedPrompt, emit, parse_prompt
 from .selection import best_index
-from .strategies import STRATEGIES, RoundPlan, Strategy, register
-from .weighting import apply_weights, raise_weights, to_a1111, to_compel, token_weights
+from .strategies import (
+    STRATEGIES,
+    AttendAndExcite,
+    BestOfN,
+    EarlyReject,
+    PhraseGuidance,
+    Preview,
+    RegionFix,
+    Resample,
+    Reweight,
+    RoundPlan,
+    Strategy,
+    StrategyOptions,
+    register,
+)
+from .weighting import raise_weights, to_a1111, to_compel
 
 __all__ = [
+    "AttendAndExcite",
+    "BestOfN",
+    "EarlyReject",
+    "PhraseGuidance",
+    "Preview",
+    "RegionFix",
+    "Resample",
+    "Reweight",
+    "StrategyOptions",
     "ADAPTERS",
     "PipelineAdapter",
     "RoundPlan",
@@ -36,7 +59,6 @@ __all__ = [
     "RoundEvent",
     "RoundRecord",
     "ParsedPrompt",
-    "apply_weights",
     "emit",
     "parse_prompt",
     "best_index",
@@ -44,5 +66,4 @@ __all__ = [
     "to_a1111",
     "to_compel",
     "token_indices",
-    "token_weights",
 ]

@@ -171,6 +171,8 @@ _OWN = {
     "guidance_scale",
     "height",
     "width",
+    "return_dict",
+    "callback_on_step_end",
 }
 
 
@@ -414,7 +416,8 @@ def _cmd_demo(args) -> int:
     html_path = write_html(history, out / "report.html", oracle=oracle)
     grid_path = write_grid(history, out / "grid.png")
     print(
-        f"\n{'prompt':<58} {'imgs':>4}  {'flagged (kept image)':<20} {'P(right)':>8}  {'oracle':<6}"
+        f"\n{'prompt':<52} {'imgs':>4} {'steps':>5}  {'flagged (kept image)':<20} "
+        f"{'P(right)':>8}  {'oracle':<6}"
     )
     for h in history:
         r, k = h.best
@@ -426,7 +429,10 @@ def _cmd_demo(args) -> int:
         flagged = ", ".join(h.best_report.misaligned_words) or "-"
         p = h.rounds[r].p_right[k] if k < len(h.rounds[r].p_right) else None
         p = "-" if p is None else f"{p:.2f}"
-        print(f"{h.prompt[:58]:<58} {h.num_images:>4}  {flagged[:20]:<20} {p:>8}  {verdict:<6}")
+        print(
+            f"{h.prompt[:52]:<52} {h.num_images:>4} {h.num_steps:>5}  {flagged[:20]:<20} "
+            f"{p:>8}  {verdict:<6}"
+        )
     print(f"\n{len(prompts)} prompts in {time.perf_counter() - t0:.1f} s")
     print(f"report: {html_path}\ngrid:   {grid_path}\njson:   {out / 'results.jsonl'}")
     return 0

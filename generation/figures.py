@@ -142,13 +142,16 @@ def write_html(
         p = h.rounds[r].p_right[k] if k < len(h.rounds[r].p_right) else None
         rows.append(
             f"<tr><td>{html.escape(h.prompt)}</td><td>{h.num_images}</td>"
+            f"<td>{h.num_steps} ({h.num_denoiser_evals})</td>"
             f"<td>{html.escape(', '.join(rep.misaligned_words) or '-')}</td>"
             f"<td>{'-' if p is None else f'{p:.2f}'}</td>"
             f"<td>{html.escape(h.stop_text)}</td><td>{verdict_ok or '-'}</td></tr>"
         )
         blocks.append(f"<div class='prompt'>{html.escape(h.prompt)}</div>{cards}")
     head = (
-        "<tr><th>prompt</th><th>images</th><th>still flagged (kept image)</th>"
+        "<tr><th>prompt</th><th>images</th>"
+        "<th>denoiser steps (evaluations, CFG's doubled batch counted)</th>"
+        "<th>still flagged (kept image)</th>"
         "<th>P(right) (kept image)</th>"
         "<th>stopped</th><th>oracle: kept image right</th></tr>"
     )
@@ -225,7 +228,7 @@ def write_grid(
             x += tw
         r_, k_ = h.best
         p = h.rounds[r_].p_right[k_] if k_ < len(h.rounds[r_].p_right) else None
-        note = f"{h.num_images} images; {h.stop_text}" + (
+        note = f"{h.num_images} images, {h.num_steps} steps; {h.stop_text}" + (
             f"; kept P(right) {p:.2f}" if p is not None else ""
         )
         for line in _wrap_words(draw, note, small, text_width - 2 * pad):

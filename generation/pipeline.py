@@ -98,7 +98,7 @@ class FeedbackPipeline:
         # the card beside the pipeline's weights: its sampling settings apply where a call
         # gives none (`generation.cards`)
         self.card = PipelineCard.find(pipe)
-        self.strategy = get_strategy(self.config.strategy, self.config)
+        self.strategy = get_strategy(self.config)
         say_if_gated(self.config, self.verifier)
         # What the strategy needs regardless of call arguments (guidance scale is checked per
         # call): refuse before any model runs.

@@ -19,7 +19,8 @@ a fresh sample, recorded as `fix="resample"` with `extra["gated"]` naming the fi
 
 from __future__ import annotations
 
-import warnings
+import functools
+import logging
 from pathlib import Path
 
 from feedback import Verifier
@@ -28,7 +29,7 @@ from .phrases import split_phrases, word_phrases
 from .selection import best_index
 from .strategies.base import RoundPlan
 
-_told = False
+logger = logging.getLogger(__name__)
 
 
 #: The file a pipeline folder's verifier card is read from (`find_card`).
@@ -78,13 +79,11 @@ def auto_verifier(pipe, detector):
     return card, detector
 
 
-_said: set[str] = set()
-
-
+@functools.cache
 def _say_once(key: str, message: str) -> None:
-    if key not in _said:
-        _said.add(key)
-        warnings.warn(message, stacklevel=4)
+    """`message` logged as a warning the first time `key` is seen in the process (as
+    transformers' `warning_once`)."""
+    logger.warning(message)
 
 
 def load_verifier(verifier) -> Verifier | None:
@@ -97,17 +96,14 @@ def load_verifier(verifier) -> Verifier | None:
 
 
 def say_no_verifier_once() -> None:
-    global _told
-    if not _told:
-        _told = True
-        warnings.warn(
-            "no verifier card: the loop keeps the best image by the region score (prompts of "
-            "two or more objects) or F-CLIPScore (ties by CLIPScore) and stops when the "
-            "detector flags nothing; fit a verifier on ~300 "
-            "labelled images of your generator with `clip4dm calibrate --verifier` and pass "
-            "it as FeedbackPipeline(..., verifier=card)",
-            stacklevel=3,
-        )
+    _say_once(
+        "no-card",
+        "no verifier card: the loop keeps the best image by the region score (prompts of "
+        "two or more objects) or F-CLIPScore (ties by CLIPScore) and stops when the "
+        "detector flags nothing; fit a verifier on ~300 "
+        "labelled images of your generator with `clip4dm calibrate --verifier` and pass "
+        "it as FeedbackPipeline(..., verifier=card)",
+    )
 
 
 def rank(rounds, verifier: Verifier | None, all_rounds: bool = True):
@@ -153,13 +149,13 @@ def say_if_gated(config, verifier: Verifier | None) -> None:
     its rounds will re-sample (a user who asked for `reweight` should know why)."""
     if verifier is None or not config.gate_fixes:
         return
-    cells = verifier.fix_gains.get(config.strategy, {})
-    if cells and all(verifier.fix_pays(config.strategy, k) is False for k in cells):
-        warnings.warn(
-            f"the verifier card measured {config.strategy} beating a fresh sample for no kind "
+    name = config.strategy.name
+    cells = verifier.fix_gains.get(name, {})
+    if cells and all(verifier.fix_pays(name, k) is False for k in cells):
+        logger.warning(
+            f"the verifier card measured {name} beating a fresh sample for no kind "
             "of flagged word on this generator, so its rounds re-sample (recorded as "
-            "fix='resample'); LoopConfig(gate_fixes=False) applies the fix anyway",
-            stacklevel=3,
+            "fix='resample'); LoopConfig(gate_fixes=False) applies the fix anyway"
         )
 
 

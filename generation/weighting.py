@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from feedback import Word, WordTokens, align_words
+from feedback import Word, WordTokens
 
 from .prompt_syntax import emit
 
@@ -51,33 +51,6 @@ def position_weights(alignment: WordTokens, weights: Sequence[float]) -> torch.T
         for p in pos:
             w[p] = max(float(w[p]), float(wt)) if wt >= 1 else min(float(w[p]), float(wt))
     return w
-
-
-def token_weights(prompt: str, words: Sequence[Word], weights: Sequence[float], tokenizer):
-    """(L,) float32 weight per input position of `tokenizer` (see `position_weights`)."""
-    return position_weights(align_words(prompt, tokenizer, words=words), weights)
-
-
-def apply_weights(
-    embeds: torch.Tensor, per_token: Sequence[torch.Tensor], dims: Sequence[int] | None = None
-) -> torch.Tensor:
-    """Multiply (B, L, D) `embeds` by per-token weights (one (L,) map per text encoder).
-
-    dims: with several encoders (SDXL) their outputs are concatenated along D in order; block k
-        has `dims[k]` features and takes tokenizer k's map. Default: one encoder, all of D.
-    Weight 1 everywhere returns `embeds` itself (the plain call, bit for bit).
-    """
-    if all(bool((w == 1).all()) for w in per_token):
-        return embeds
-    dims = list(dims) if dims is not None else [embeds.shape[-1]]
-    if len(dims) != len(per_token) or sum(dims) != embeds.shape[-1]:
-        raise ValueError(f"embedding width {embeds.shape[-1]} does not split into {dims}")
-    out = embeds.clone()
-    start = 0
-    for w, d in zip(per_token, dims):
-        out[:, : len(w), start : start + d] *= w.to(out)[None, :, None]
-        start += d
-    return out
 
 
 def to_a1111(prompt: str, words: Sequence[Word], weights: Sequence[float]) -> str:

@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -108,6 +109,8 @@ def parse_config(cls: type, argv: list[str] | None = None, description: str | No
     )
     # Both spellings of every flag are registered; a prefix of one would be "ambiguous".
     parser.allow_abbrev = False
+    # "-5e-5" is a value (argparse's own matcher only knows -5 and -0.5): `--eps -5e-5` works
+    parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
     parser.add_argument("--config", default=None, help="JSON or YAML file of field values")
     docs = field_docs(cls)
     types = {f.name: f.type for f in dataclasses.fields(cls)}

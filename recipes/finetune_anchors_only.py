@@ -1,11 +1,19 @@
 """The control every denoising recipe must beat: continued training on anchor data alone.
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_anchors_only.py \
-        --output-dir runs/anchors-only [--anchors-per-round 48] [--anchor-dir DIR]
+        --output-dir runs/anchors-only [--anchors-per-round 48] [--anchors DIR]
+
+On your own model (your anchor pairs are required with your prompts, which only validation
+uses here):
+
+    accelerate launch recipes/finetune_anchors_only.py --output-dir runs/mine-anchors \
+        --pipeline ./my-sd15 --anchors ./my-pairs [--prompts prompts.txt \
+        --validation-prompts val.txt --val-every 2 --detector ViT-B-32 --eps -5e-5]
 
 Each round takes `--anchors-per-round` real image-caption pairs (on ShapesWorld freshly
 rendered scenes with their exact captions, the base's own training distribution; or
-`--anchor-dir`) and the same optimizer steps as the other recipes, and generates nothing: no
+`--anchors DIR`: a metadata.jsonl with file_name and text, and/or a .txt caption beside each
+image) and the same optimizer steps as the other recipes, and generates nothing: no
 sample, no reward, no feedback. A recipe that learns from its own samples only helps if it
 ends above this row at equal optimizer steps; otherwise its gain is just more training.
 Round loop, validation (`--val-every`), checkpoints and `--resume`: `generation.finetune.
@@ -40,15 +48,19 @@ class AnchorsOnlyConfig(RoundsConfig):
 
 
 def main(cfg: AnchorsOnlyConfig) -> dict:
+    folder, flag = cfg.anchor_folder
+    if not folder and cfg.prompts:
+        raise ValueError(
+            "with --prompts (your model) the anchors-only control needs --anchors DIR "
+            "(your image-caption pairs); ShapesWorld's renders go with ShapesWorld only"
+        )
     state: dict = {}
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "anchors" not in state:
             px = pipe.unet.config.sample_size * pipe.vae_scale_factor
             state["anchors"] = (
-                folder_anchors(cfg.anchor_dir, (px, px))
-                if cfg.anchor_dir
-                else (anchor_source(resolution=px))
+                folder_anchors(folder, (px, px), flag) if folder else (anchor_source(resolution=px))
             )
         # seeded by the round's own seeds: a resumed run draws the same anchors
         images, captions = state["anchors"](cfg.anchors_per_round, np.random.default_rng(seeds))

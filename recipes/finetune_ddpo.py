@@ -3,6 +3,12 @@
     accelerate launch --cpu --num_processes 1 recipes/finetune_ddpo.py \
         --output-dir runs/ddpo --rounds 8 [--reward clip_score] [--config run.yaml] [--resume]
 
+On your own model and prompts (weight syntax in the file is stripped):
+
+    accelerate launch recipes/finetune_ddpo.py --output-dir runs/mine-ddpo \
+        --pipeline ./my-sd15 --prompts prompts.txt [--validation-prompts val.txt \
+        --val-every 2] --detector ViT-B-32 [--eps -5e-5] --rounds 8
+
 Each round every process samples `images_per_prompt` images of each of its training prompts
 with a stochastic DDIM sampler (eta = `--eta`) that records every step's latent and
 log-probability (`generation.finetune.sampler`), scores the images (`--reward f_clip_score`:
@@ -26,7 +32,7 @@ from generation.finetune.policy import group_advantages, policy_objective
 from generation.finetune.ranges import POSITIVE
 from generation.finetune.sampler import sample_with_logprob
 from recipes.cli import run_recipe
-from recipes.finetune_reward_filtered import REWARDS, make_reward, parse_args
+from recipes.finetune_reward_filtered import check_reward, make_reward, parse_args
 from recipes.shapes_rounds import run_shapes_rounds
 
 
@@ -47,14 +53,16 @@ class DDPOConfig(RoundsConfig):
 
 
 def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
-    if cfg.reward not in REWARDS:
-        raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
+    check_reward(cfg)
     if cfg.eta <= 0:
         raise ValueError("--eta must be > 0: a deterministic sampler has no log-probabilities")
     state: dict = {}
 
     def collect(pipe, prompts, seeds) -> Collected:
-        state.setdefault("reward", make_reward(cfg.detector, cfg.reward, pipe.device))
+        if "reward" not in state:
+            state["reward"] = make_reward(
+                cfg.detector, cfg.reward, pipe.device, cfg.eps, cfg.pipeline
+            )
         texts = [p for p in prompts for _ in range(cfg.images_per_prompt)]
         tr = sample_with_logprob(
             pipe,

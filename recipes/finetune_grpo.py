@@ -3,6 +3,13 @@
     accelerate launch --cpu --num_processes 1 recipes/finetune_grpo.py --output-dir runs/grpo \
         [--reward f_clip_score|regions|clip_score|oracle|oracle_dense] [--kl 0.1]
 
+On your own model and prompts (the oracle rewards are ShapesWorld's; weight syntax in the
+file is stripped):
+
+    accelerate launch recipes/finetune_grpo.py --output-dir runs/mine-grpo \
+        --pipeline ./my-sd15 --prompts prompts.txt [--validation-prompts val.txt \
+        --val-every 2] --detector ViT-B-32 [--eps -5e-5] --reward f_clip_score --kl 0.1
+
 Per training prompt a group of `--images-per-prompt` images from a stochastic DDIM sampler that
 records every step's log-probability; rewards normalized within each prompt's group
 (group-relative advantages); each optimizer step minimizes PPO's clipped ratio on one

@@ -4,6 +4,14 @@
         --output-dir runs/loop-distill --rounds 8 [--strategy reweight] \
         [--config run.yaml] [--resume]
 
+On your own model and prompts (the loop reads the file's weight syntax; captions are trained
+without it):
+
+    accelerate launch recipes/finetune_loop_distill.py --output-dir runs/mine-distill \
+        --pipeline ./my-sd15 --prompts prompts.txt [--validation-prompts val.txt \
+        --val-every 2] --detector ViT-B-32 [--eps -5e-5] \
+        [--anchors ./my-pairs --anchor-fraction 0.3] --rounds 8
+
 Design. A scalar reward says *how good* an image is; CLIP4DM's word scores say *which words*
 the image got wrong. The feedback loop (`generation.FeedbackPipeline`) already turns those
 words into a fix: it raises the weights of the flagged words' tokens (or gives their object
@@ -48,6 +56,7 @@ class DistillConfig(RoundsConfig):
 def main(cfg: DistillConfig) -> dict:
     from feedback import FeedbackReward, RewardConfig
     from generation import FeedbackPipeline, LoopConfig
+    from generation.finetune.prompts import clean
 
     if cfg.keep not in ("aligned", "best"):
         raise ValueError(f"--keep must be aligned or best, got {cfg.keep!r}")
@@ -55,7 +64,7 @@ def main(cfg: DistillConfig) -> dict:
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "fb" not in state:
-            det = load_detector(cfg.detector, pipe.device)
+            det = load_detector(cfg.detector, pipe.device, cfg.eps, cfg.pipeline)
             loop = LoopConfig(
                 strategy=cfg.strategy,
                 max_images=cfg.images_per_prompt,
@@ -83,7 +92,8 @@ def main(cfg: DistillConfig) -> dict:
             r, k = h.best
             if cfg.keep == "best" or not h.best_report.misaligned_words:
                 images.append(h.rounds[r].images[k])
-                kept.append(prompt)  # the plain prompt: the fix is what the LoRA learns
+                # the plain prompt (weight syntax removed): the fix is what the LoRA learns
+                kept.append(clean(prompt))
                 kept_rewards.append(reward(h.best_report))
         return Collected(
             torch.stack(images) if images else torch.zeros(0, 3, 1, 1),
@@ -93,7 +103,8 @@ def main(cfg: DistillConfig) -> dict:
             made,
         )
 
-    return run_shapes_rounds(cfg, collect, "loop-distill")
+    # the loop reads the prompts' weight syntax (FeedbackPipeline parses it)
+    return run_shapes_rounds(cfg, collect, "loop-distill", keep_syntax=True)
 
 
 if __name__ == "__main__":

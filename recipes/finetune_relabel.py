@@ -3,14 +3,25 @@ shows, found by replacing the words the detector flags (IPR-style), plus anchor 
 
     accelerate launch --cpu --num_processes 1 recipes/finetune_relabel.py --output-dir runs/rl
 
+On your own model and prompts (your candidate words per kind, your anchor pairs; weight
+syntax in the prompt file is stripped):
+
+    accelerate launch recipes/finetune_relabel.py --output-dir runs/mine-relabel \
+        --pipeline ./my-sd15 --prompts prompts.txt --candidates candidates.json \
+        --anchors ./my-pairs [--anchor-fraction 0.5] --detector ViT-B-32 [--eps -5e-5] \
+        [--validation-prompts val.txt --val-every 2]
+
+    candidates.json: {"color": ["red", "blue", "green"], "animal": ["dog", "cat", "horse"]}
+
 Each round: generate `--images-per-prompt` images of each training prompt; for an image with
 flagged words, try the other members of each flagged word's kind (on ShapesWorld: colors,
-shapes, sizes, the opposite relation) and attribute swaps between the two objects, and keep
-the candidate the detector finds aligned with the highest CLIPScore (an image with nothing
-flagged keeps its prompt; one with no aligned candidate is dropped). Take denoising steps on
+shapes, sizes, the opposite relation; else `--candidates FILE`) and attribute swaps between
+the two objects, and keep the candidate the detector finds aligned with the highest
+CLIPScore (an image with nothing flagged keeps its prompt; one with no aligned candidate is
+dropped). Take denoising steps on
 (image, relabeled caption) pairs with `--anchor-fraction` of rendered scenes and their exact
-captions mixed in. So every pair is meant to be a correct pair, and the words the model
-confuses get explicit examples.
+captions (or `--anchors DIR`, your own pairs) mixed in. So every pair is meant to be a
+correct pair, and the words the model confuses get explicit examples.
 
 `--relabel-by clip_score` is the scalar twin at equal compute (every replaceable word tried,
 the highest-CLIPScore caption kept, the prompt included); `--relabel-by oracle` is the
@@ -51,21 +62,49 @@ class RelabelConfig(RoundsConfig):
     highest-CLIPScore single replacement of any word) or oracle (the ceiling: the pixel
     oracle's true caption)."""
     anchor_fraction: float = 0.5
+    candidates: str = ""
+    """A JSON file {word kind: [interchangeable words]} (e.g. {"color": ["red", "blue"],
+    "animal": ["dog", "cat"]}): the replacements tried for a flagged word. Empty =
+    ShapesWorld's colors, shapes, sizes and relations (with ShapesWorld prompts only)."""
 
     def __post_init__(self):
         super().__post_init__()
         if self.relabel_by not in RELABEL_BY:
             raise ValueError(f"relabel_by must be one of {RELABEL_BY}, got {self.relabel_by!r}")
+        if self.prompts and self.relabel_by == "oracle":
+            raise ValueError(
+                "--relabel-by oracle is ShapesWorld's pixel oracle: with --prompts use "
+                "detector or clip_score"
+            )
+        if self.prompts and not self.candidates:
+            raise ValueError(
+                "with --prompts, --candidates FILE gives the words to relabel with (JSON "
+                '{"kind": ["word", ...]}); ShapesWorld\'s go with ShapesWorld prompts only'
+            )
+        if self.candidates:
+            from generation.finetune.relabel import read_candidates
+
+            read_candidates(self.candidates)  # a bad file is one line up front
+
+
+def candidate_classes(cfg: RelabelConfig) -> dict[str, list[str]]:
+    """`--candidates` read (`generation.finetune.relabel.read_candidates`), else `CLASSES`."""
+    from generation.finetune.relabel import read_candidates
+
+    return read_candidates(cfg.candidates) if cfg.candidates else CLASSES
 
 
 def main(cfg: RelabelConfig) -> dict:
     from generation.finetune.relabel import relabel
     from shapesworld.generated import label_generated
 
+    classes = candidate_classes(cfg)
     state: dict = {}
 
     def collect(pipe, prompts, seeds) -> Collected:
-        det = state.setdefault("det", load_detector(cfg.detector, pipe.device))
+        if "det" not in state:
+            state["det"] = load_detector(cfg.detector, pipe.device, cfg.eps, cfg.pipeline)
+        det = state["det"]
         s = sample_round(
             pipe,
             prompts,
@@ -84,7 +123,7 @@ def main(cfg: RelabelConfig) -> dict:
                 for im, p in zip(s.images, s.prompts)
             ]
         else:
-            caps = relabel(det, s.images, s.prompts, CLASSES, by=cfg.relabel_by)
+            caps = relabel(det, s.images, s.prompts, classes, by=cfg.relabel_by)
         keep = [i for i, c in enumerate(caps) if c]
         changed = sum(caps[i] != s.prompts[i] for i in keep)
         return Collected(

@@ -5,7 +5,16 @@
         --output-dir runs/reward-filtered --rounds 8 [--reward clip_score] \
         [--config run.yaml] [--resume]
 
-Each round every process draws its own training prompts (seeds no benchmark uses), generates
+On your own model and prompts (weight syntax in the file is stripped: these recipes generate
+with the plain pipeline call):
+
+    accelerate launch recipes/finetune_reward_filtered.py --output-dir runs/mine \
+        --pipeline ./my-sd15 --prompts prompts.txt [--validation-prompts val.txt \
+        --val-every 2] --detector ViT-B-32 [--eps -5e-5] \
+        [--anchors ./my-pairs --anchor-fraction 0.3] --rounds 8
+
+Each round every process draws its own training prompts (ShapesWorld's from seeds no
+benchmark uses, or `--prompts FILE` cycled in a seeded shuffle), generates
 `images_per_prompt` images of each with the current LoRA, scores them (`--reward
 f_clip_score`: `feedback.FeedbackReward`, F-CLIPScore in units of the detector's eps, ties
 broken by CLIPScore; `clip_score`: the CLIPScore twin at equal compute), keeps the best image
@@ -30,7 +39,6 @@ from generation.finetune import Collected, RoundsConfig, sample_round
 from generation.finetune.ranges import Range
 from recipes.cli import parse_config, run_recipe
 from recipes.shapes_rounds import oracle_verdicts, run_shapes_rounds
-from shapesworld.pipelines import loop_threshold
 
 REWARDS = ("f_clip_score", "regions", "clip_score", "oracle", "oracle_dense")
 
@@ -58,27 +66,52 @@ class FilteredConfig(RoundsConfig):
 CLIP_TIE_BREAK = 1e-3
 
 
-def load_detector(detector: str, device):
-    """The recipes' detector, with the pipeline card's loop eps for it where there is one."""
+def card_eps(detector: str, pipeline: str | None = None) -> float | None:
+    """The eps the card of the pipeline being trained calibrated for `detector`
+    (`generation.cards.PipelineCard`: a shipped ShapesWorld name or a local folder; None =
+    the shipped default pipeline), or None (no card, or none for that detector)."""
+    from pathlib import Path
+
+    from generation.cards import PipelineCard
+    from shapesworld.pipelines import PIPELINE_NAME, pipeline_path
+
+    name = pipeline or PIPELINE_NAME
+    try:
+        folder = pipeline_path(name)
+    except FileNotFoundError:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return None  # a hub id: no card of ours
+    card = PipelineCard.load(folder)
+    return card.threshold_for(detector) if card is not None else None
+
+
+def load_detector(detector: str, device, eps: float | None = None, pipeline: str | None = None):
+    """The recipes' detector (`--detector`: any name `MisalignmentDetector.from_pretrained`
+    accepts, or a folder) at threshold `eps` (`--eps`); without one, the eps the trained
+    pipeline's card calibrated for this detector, else the detector's own card (or the
+    paper's -5e-5)."""
     from feedback import MisalignmentDetector
 
-    eps = loop_threshold(detector=detector)
+    eps = eps if eps is not None else card_eps(detector, pipeline)
     return MisalignmentDetector.from_pretrained(
         detector, device=str(device), **({"threshold": eps} if eps is not None else {})
     )
 
 
-def make_reward(detector: str, which: str, device):
+def make_reward(
+    detector: str, which: str, device, eps: float | None = None, pipeline: str | None = None
+):
     """reward(images, prompts) -> (N,): F-CLIPScore / |eps| (+ a CLIPScore tie-break far
     below one eps unit), the region score ("regions": `RewardConfig(regions=True)`),
     CLIPScore, or the ShapesWorld oracle's verdict (1 when the image satisfies the whole
     prompt; + the same CLIPScore tie-break): what perfect feedback would select, the ceiling
-    of selection-based recipes."""
+    of selection-based recipes. `eps`, `pipeline`: as for `load_detector`."""
     from feedback import FeedbackReward, RewardConfig
     from shapesworld.pipelines import judge_tensor
 
     fr = FeedbackReward(
-        load_detector(detector, device),
+        load_detector(detector, device, eps, pipeline),
         RewardConfig(clip_score_weight=CLIP_TIE_BREAK, regions=which == "regions"),
     )
 
@@ -100,14 +133,24 @@ def make_reward(detector: str, which: str, device):
     return reward
 
 
-def main(cfg: FilteredConfig) -> dict:
+def check_reward(cfg) -> None:
+    """`cfg.reward` is known, and an oracle reward comes with ShapesWorld prompts."""
     if cfg.reward not in REWARDS:
         raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
+    if cfg.reward.startswith("oracle") and cfg.prompts:
+        raise ValueError(
+            f"--reward {cfg.reward} is ShapesWorld's pixel oracle: it judges ShapesWorld "
+            "prompts only; with --prompts use f_clip_score, regions or clip_score"
+        )
+
+
+def main(cfg: FilteredConfig) -> dict:
+    check_reward(cfg)
     reward = None
 
     def collect(pipe, prompts, seeds) -> Collected:
         nonlocal reward
-        reward = reward or make_reward(cfg.detector, cfg.reward, pipe.device)
+        reward = reward or make_reward(cfg.detector, cfg.reward, pipe.device, cfg.eps, cfg.pipeline)
         s = sample_round(
             pipe,
             prompts,

@@ -41,6 +41,20 @@ def pipeline_path(name: str = PIPELINE_NAME) -> Path:
     return path
 
 
+def _card_sampling() -> dict:
+    import json
+
+    card = Path(__file__).parent / "weights" / PIPELINE_NAME / "model_card.json"
+    return dict(json.loads(card.read_text(encoding="utf-8")).get("call_defaults") or {})
+
+
+#: The sampling settings the shipped pipeline was trained for, read once from the
+#: `call_defaults` of the card in its folder (`generation.cards`): the one place they live.
+SAMPLING: dict = _card_sampling()
+STEPS: int = SAMPLING["num_inference_steps"]
+GUIDANCE: float = SAMPLING["guidance_scale"]
+
+
 def load_pipeline(name: str = PIPELINE_NAME, *, device: str = "cpu", progress: bool = False):
     """The shipped pipeline in fp32 on `device` (it ships as fp16 safetensors)."""
     import torch
@@ -92,8 +106,8 @@ def generate_and_judge(
     prompts: list[str],
     *,
     seed: int = 0,
-    steps: int = 20,
-    guidance: float = 4.0,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
     batch: int = 25,
     desc: str | None = None,
 ) -> list[tuple]:

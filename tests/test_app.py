@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from feedback import InputError, MisalignmentDetector
-from feedback.eval.datasets import load_shapes_foil
 from generation.app import App, AppConfig, report_html
+from shapesworld.benchmark import load_shapes_foil
 from shapesworld.pipelines import LOOP_DETECTOR
 
 

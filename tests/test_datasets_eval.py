@@ -423,7 +423,7 @@ def test_seetrue_nli_protocol():
 
 
 def test_run_benchmark_shapes_and_random_baseline(tiny_open_clip_dir):
-    from feedback.eval.datasets import load_shapes_foil
+    from shapesworld.benchmark import load_shapes_foil
 
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
     samples = list(load_shapes_foil(n=24))

@@ -80,8 +80,8 @@ def test_generate_resumes_and_shards_across_two_ranks(tmp_path):
     prompts.write_text("\n".join(p.text for p in prompt_set(6)) + "\n")
     out = tmp_path / "gen"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "2"]
-    base += ["--steps", "5", "--strategy", "best_of_n"]
+    base = ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts)]
+    base += ["--out", str(out), "--budget", "2", "--steps", "5", "--strategy", "best_of_n"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "generation.cli", *base]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -109,7 +109,8 @@ def test_generate_resumes_after_a_kill(tmp_path, capsys):
     out.mkdir()
     # a previous run finished prompt 1 and was killed while writing prompt 2's line
     (out / "results.jsonl").write_text(json.dumps({"index": 1}) + '\n{"index": 2, "pro')
-    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
+    args = ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts)]
+    args += ["--out", str(out), "--budget", "1"]
     assert main(args + ["--steps", "3", "--strategy", "best_of_n"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped_done"] == 1 and summary["written"] == 2
@@ -121,9 +122,10 @@ def test_generate_resumes_after_a_kill(tmp_path, capsys):
 def test_generate_rejects_bad_prompt_files(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    assert main(["generate", "--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
+    gen = ["generate", "--pipeline", "shapes-sd-tiny"]
+    assert main(gen + ["--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "holds no prompts" in capsys.readouterr().err
-    assert main(["generate", "--prompts", str(tmp_path / "nope.txt"), "--out", "o"]) == 2
+    assert main(gen + ["--prompts", str(tmp_path / "nope.txt"), "--out", "o"]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -161,8 +163,9 @@ def test_out_below_a_file_is_one_line_before_loading(tmp_path, capsys, monkeypat
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n")
     for cmd in (
-        ["generate", "--prompts", str(prompts), "--out", str(f / "sub")],
-        ["generate", "--prompts", str(prompts), "--out", str(f)],
+        ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts)]
+        + ["--out", str(f / "sub")],
+        ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts), "--out", str(f)],
         ["demo", "--out", str(f / "sub")],
     ):
         assert main(cmd) == 2
@@ -182,7 +185,8 @@ def test_generate_names_undecodable_and_empty_lines_and_runs_the_rest(tmp_path, 
         + b"\n(( ))\n"  # only weight syntax: nothing to generate
     )
     out = tmp_path / "gen"
-    args = ["generate", "--prompts", str(prompts), "--out", str(out), "--budget", "1"]
+    args = ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts)]
+    args += ["--out", str(out), "--budget", "1"]
     assert main(args + ["--steps", "2"]) == 0
     cap = capsys.readouterr()
     assert "line 3 not UTF-8 text; skipped" in cap.err
@@ -201,7 +205,8 @@ def test_a_long_prompt_gives_one_line_of_ours_only(tmp_path, capfd):
     long = " ".join(["a small red circle to the left of a large blue square"] * 50)
     prompts = tmp_path / "p.txt"
     prompts.write_text(long + "\n")
-    args = ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--budget", "1"]
+    args = ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", str(prompts)]
+    args += ["--out", str(tmp_path / "o"), "--budget", "1", "--model", LOOP_DETECTOR]
     assert main(args + ["--steps", "1"]) == 0
     import re
 
@@ -236,18 +241,26 @@ def test_cli_offers_every_loop_strategy():
 
 
 def test_loop_commands_default_to_the_generated_image_detector_and_its_loop_eps():
-    from generation.cli import _fb, build_parser
+    """demo and app default to the testbed's loop detector; generate takes the detector the
+    shipped pipeline's card names (and the eps it calibrated for it); the feedback commands
+    default to the real CLIP."""
+    from feedback.cli.options import DEFAULT_MODEL
+    from generation.cli import _fb, build_parser, loop_detector_args
     from shapesworld.pipelines import load_pipeline, loop_threshold
 
-    for cmd in (["demo"], ["generate", "--prompts", "p.txt", "--out", "o"], ["app"]):
+    for cmd in (["demo"], ["app"]):
         assert build_parser().parse_args(cmd).model == LOOP_DETECTOR
-    assert build_parser().parse_args(["check", "x.png", "a cat"]).model == "shapes-tiny"
+    gen = ["generate", "--pipeline", "shapes-sd-tiny", "--prompts", "p.txt", "--out", "o"]
+    args = loop_detector_args(build_parser().parse_args(gen))
+    assert args.model == LOOP_DETECTOR
+    assert args.threshold == loop_threshold(detector=LOOP_DETECTOR)
+    assert build_parser().parse_args(["check", "x.png", "a cat"]).model == DEFAULT_MODEL
     args = build_parser().parse_args(["demo"])
     fb = _fb(args, load_pipeline())
     assert fb.detector.config.threshold == loop_threshold(detector=LOOP_DETECTOR)
     from generation import RECOMMENDED_STRATEGY
 
-    assert fb.config.strategy == args.strategy == RECOMMENDED_STRATEGY
+    assert fb.config.strategy.name == args.strategy == RECOMMENDED_STRATEGY
 
 
 def test_the_detector_package_imports_nothing_from_generation_or_the_testbed():

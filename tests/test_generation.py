@@ -9,7 +9,15 @@ import torch
 
 from feedback import MisalignmentDetector, align_words
 from feedback.backends import OpenClipBackend
-from generation import FeedbackPipeline, LoopConfig, to_a1111, to_compel, token_indices
+from generation import (
+    FeedbackPipeline,
+    LoopConfig,
+    PhraseGuidance,
+    Reweight,
+    to_a1111,
+    to_compel,
+    token_indices,
+)
 from generation.guidance import phrase_guidance
 from generation.phrases import raise_phrase_weights, split_phrases, word_phrases
 from generation.selection import rank_key
@@ -137,7 +145,7 @@ def test_loop_stops_when_nothing_is_misaligned(sd_pipe, tiny_open_clip_dir):
 def test_reweight_loop_raises_flagged_words_and_keeps_the_best(sd_pipe, tiny_open_clip_dir):
     # most-negative mode always flags one word, so the loop uses its whole budget
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
-    cfg = LoopConfig(strategy="reweight", max_images=3, max_rounds=5, weight_step=0.25)
+    cfg = LoopConfig(strategy=Reweight(step=0.25), max_images=3, max_rounds=5)
     seen = []
     out = FeedbackPipeline(sd_pipe, det, cfg)(
         [PROMPT, "a cyan cross"],
@@ -218,7 +226,7 @@ def test_attend_and_excite_indices_and_run(sd_pipe, tokenizer, tiny_open_clip_di
 def test_bad_input_is_refused_before_generating(sd_pipe, sdxl_pipe, detector, monkeypatch):
     with pytest.raises(ValueError, match="unsupported pipeline"):
         FeedbackPipeline(object(), detector)
-    with pytest.raises(ValueError, match="budget"):
+    with pytest.raises(ValueError, match="LoopConfig.max_images must be a positive integer"):
         LoopConfig(max_images=0)
     with pytest.raises(ValueError, match="SD 1.x"):
         FeedbackPipeline(sdxl_pipe, detector, LoopConfig(strategy="attend_and_excite"))
@@ -367,7 +375,7 @@ def test_guidance_adds_one_term_per_phrase(which, sd_pipe, sdxl_pipe):
 
 def test_phrase_guidance_loop(sd_pipe, tiny_open_clip_dir):
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), mode="most-negative")
-    cfg = LoopConfig(strategy="phrase_guidance", max_images=3, phrase_step=0.5)
+    cfg = LoopConfig(strategy=PhraseGuidance(step=0.5), max_images=3)
     calls = []
     inner = sd_pipe.unet.forward
     out = FeedbackPipeline(sd_pipe, det, cfg)(
@@ -390,7 +398,7 @@ def test_phrase_guidance_loop(sd_pipe, tiny_open_clip_dir):
         reweighted = [i for i, (a, b) in enumerate(zip(prev.weights, cur.weights)) if b > a]
         # each round raises a phrase (attribute words) or re-weights a word between phrases
         assert raised or reweighted
-        assert all(w <= cfg.max_phrase_weight for w in cur.phrase_weights)
+        assert all(w <= cfg.strategy.max_weight for w in cur.phrase_weights)
     # one phrase: the global fix is already local, so the loop re-weights
     assert one.rounds[0].phrases == ["a cyan cross"]
     assert [r.fix for r in one.rounds] == ["plain", "reweight", "reweight"]

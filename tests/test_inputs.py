@@ -167,7 +167,9 @@ def test_weights_not_available_offline(tmp_path, images, offline_env, model):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "offline" in lines[0], proc.stderr
-    assert lines[0].rstrip().endswith("local folder"), "message must not be cut mid-word"
+    # the whole message, not cut mid-word, ending in the way to run offline
+    end = "or pass a local folder; for the offline testbed pass --model shapes-tiny"
+    assert lines[0].rstrip().endswith(end), lines[0]
     # Python + torch start-up dominates; the old path spent ~50 s in retries.
     assert elapsed < 30, elapsed
 
@@ -319,15 +321,25 @@ def test_zero_size_image_is_an_input_error(tiny_open_clip_dir):
 
 
 def test_help_states_real_defaults_and_version(capsys):
+    """check's help names its default detector (the real CLIP, no model card: the paper's
+    settings); demo's names the testbed's loop detector and its card's recommendation."""
     from feedback import recommended_settings
+    from feedback.cli.options import DEFAULT_MODEL, PAPER
+    from shapesworld.pipelines import LOOP_DETECTOR
 
-    card = recommended_settings("shapes-tiny")
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     text = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
-    assert f"shapes-tiny:{card['layers']}" in text
-    assert f"shapes-tiny:{card['threshold']}" in text
+    assert f"(default:{DEFAULT_MODEL})" in text
+    assert recommended_settings(DEFAULT_MODEL) == {}
+    assert f"{PAPER['layers']})" in text and f"{PAPER['threshold']})" in text
     assert "default:fp32" in text and "default:gradient" in text
+    card = recommended_settings(LOOP_DETECTOR)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = "".join(capsys.readouterr().out.split())
+    assert f"(default:{LOOP_DETECTOR})" in text
+    assert f"{LOOP_DETECTOR}:{card['layers']}" in text
     from generation.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")

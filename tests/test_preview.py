@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from feedback import MisalignmentDetector
-from generation import FeedbackPipeline, LoopConfig
+from generation import EarlyReject, FeedbackPipeline, LoopConfig, Preview
 from generation.selection import rank_key
 from generation.strategies.preview import preview_plan
 from shapesworld.pipelines import LOOP_DETECTOR, load_pipeline
@@ -84,10 +84,18 @@ def test_preview_runs_on_the_generic_adapter(pipe, det):
     assert [r.fix for r in h.rounds] == ["preview", "finish"] and h.num_steps == 40
 
 
-@pytest.mark.parametrize("bad", [{"max_steps": 0}, {"preview_steps": -1}, {"preview_keep": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_steps": 0},
+        {"strategy": lambda: Preview(steps=-1)},
+        {"strategy": lambda: Preview(keep=0)},
+        {"strategy": lambda: EarlyReject(at=0)},
+    ],
+)
 def test_bad_budgets_are_refused(bad):
-    with pytest.raises(ValueError, match="positive integer"):
-        LoopConfig(**bad)
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        LoopConfig(**{k: v() if callable(v) else v for k, v in bad.items()})
 
 
 def test_early_reject_stops_candidates_mid_run_and_finishes_the_rest_exactly(pipe, det):
@@ -167,6 +175,10 @@ def test_early_reject_falls_back_where_the_scheduler_gives_no_estimate(pipe, det
     assert "PNDMScheduler" in h.rounds[0].extra["early_reject"]
 
 
-def test_bad_reject_at_is_refused():
-    with pytest.raises(ValueError, match="reject_at must be a positive integer"):
-        LoopConfig(reject_at=0)
+def test_strategy_settings_are_objects_and_names_still_work():
+    cfg = LoopConfig(strategy=Preview(steps=3, keep=1), max_images=2)
+    assert cfg.strategy.name == cfg.strategy_name == "preview" and cfg.strategy.steps == 3
+    assert cfg.to_dict()["strategy"] == {"name": "preview", "steps": 3, "keep": 1}
+    assert LoopConfig(strategy="early_reject").strategy == EarlyReject()
+    with pytest.raises(ValueError, match="LoopConfig.strategy must be one of"):
+        LoopConfig(strategy="nope")

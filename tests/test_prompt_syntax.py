@@ -8,7 +8,7 @@ import tiny_pipelines as tp
 import torch
 
 from feedback import MisalignmentDetector, split_words
-from generation import FeedbackPipeline, LoopConfig, emit, parse_prompt
+from generation import FeedbackPipeline, LoopConfig, Reweight, emit, parse_prompt
 
 
 def _weights(prompt, syntax="auto"):
@@ -127,7 +127,7 @@ def test_reweight_starts_from_the_users_weights_and_never_lowers_them(sd, detect
     det = MisalignmentDetector.from_pretrained(
         detector.backend.name.split(":", 1)[-1], mode="most-negative"
     )
-    fb = FeedbackPipeline(sd, det, LoopConfig(strategy="reweight", max_images=3, max_weight=2))
+    fb = FeedbackPipeline(sd, det, LoopConfig(strategy=Reweight(max_weight=2), max_images=3))
     h = fb("a (small:3) red++ circle", output_type="pt", **kw).history[0]
     assert h.rounds[0].weights == [1.0, 3.0, 1.21, 1.0]
     for a, b in zip(h.rounds, h.rounds[1:]):

@@ -62,25 +62,27 @@ def test_regions_off_gives_whole_image_reports(pipe, det):
     assert not any(isinstance(r, RegionReport) for r in h.rounds[0].reports)
 
 
-def test_the_card_beside_the_pipeline_is_found_and_sets_the_eps(pipe, det, monkeypatch):
+def test_the_card_beside_the_pipeline_is_found_and_sets_the_eps(pipe, det, caplog):
     import generation.verifier as gv
 
-    monkeypatch.setattr(gv, "_said", set())  # said once per process: say it again here
+    gv._say_once.cache_clear()  # said once per process: say it again here
     assert find_card(pipe) == loop_verifier_path()
     card = Verifier.load(loop_verifier_path())
     assert card.detector == LOOP_DETECTOR and "region_score" in card.features
-    with pytest.warns(UserWarning, match="judges at its eps"):
+    with caplog.at_level("WARNING", logger="generation.verifier"):
         fb = FeedbackPipeline(pipe, det, LoopConfig(max_images=2))
+    assert "judges at its eps" in caplog.text
     assert fb.verifier is not None and fb.detector.config.threshold == card.threshold
     assert fb.detector.backend is det.backend  # the same model, only the eps differs
     h = fb(TWO, **GEN).history[0]
     assert len(h.rounds[0].p_right) == 2
 
 
-def test_a_card_for_another_detector_is_not_used(pipe, tiny_open_clip_dir):
+def test_a_card_for_another_detector_is_not_used(pipe, tiny_open_clip_dir, caplog):
     other = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
-    with pytest.warns(UserWarning, match="runs without a card"):
+    with caplog.at_level("WARNING", logger="generation.verifier"):
         fb = FeedbackPipeline(pipe, other, LoopConfig(max_images=2))
+    assert "runs without a card" in caplog.text
     assert fb.verifier is None
 
 

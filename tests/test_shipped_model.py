@@ -9,9 +9,9 @@ import json
 import pytest
 
 from feedback import MisalignmentDetector, recommended_settings, shipped_models
-from feedback.eval.datasets import load_shapes_foil
 from feedback.eval.evaluate import run_benchmark
 from generation.cli import main
+from shapesworld.benchmark import load_shapes_foil
 
 SHIPPED = ["shapes-tiny", "shapes-tiny-gen", "shapes-tiny-gen2"]
 

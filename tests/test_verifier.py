@@ -149,13 +149,16 @@ def test_a_card_fitted_at_another_eps_is_refused(sd, tiny_open_clip_dir):
         FeedbackPipeline(sd, det, LoopConfig(), verifier=ver)
 
 
-def test_without_a_card_the_loop_says_so_once(sd, tiny_open_clip_dir, monkeypatch):
+def test_without_a_card_the_loop_says_so_once(sd, tiny_open_clip_dir, caplog):
     import generation.verifier as gv
 
-    monkeypatch.setattr(gv, "_told", False)
+    gv._say_once.cache_clear()  # said once per process: say it again here
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir))
-    with pytest.warns(UserWarning, match="no verifier card"):
+    with caplog.at_level("WARNING", logger="generation.verifier"):
         FeedbackPipeline(sd, det, LoopConfig())
+        FeedbackPipeline(sd, det, LoopConfig())
+    said = [r for r in caplog.records if "no verifier card" in r.getMessage()]
+    assert len(said) == 1 and said[0].name == "generation.verifier"
     import warnings
 
     with warnings.catch_warnings():
@@ -284,7 +287,7 @@ def test_flagged_kind_relation_or_object():
     [(-0.1, True, "resample"), (0.1, True, "reweight"), (-0.1, False, "reweight")],
 )
 def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
-    sd, tiny_open_clip_dir, gain, gate_fixes, want
+    sd, tiny_open_clip_dir, gain, gate_fixes, want, caplog
 ):
     # eps ~0: every word against the image is flagged (at least the lowest), so the reweight
     # fix always has work
@@ -295,12 +298,9 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
     kw = tp.call_kwargs("sd")
     prompt = "a red circle left of a blue square"
     cfg = LoopConfig("reweight", max_images=2, max_rounds=2, gate_fixes=gate_fixes)
-    import warnings
-
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
+    with caplog.at_level("WARNING", logger="generation.verifier"):
         fb = FeedbackPipeline(sd, det, cfg, verifier=ver)
-    told = [w for w in said if "its rounds re-sample" in str(w.message)]
+    told = [r for r in caplog.records if "its rounds re-sample" in r.getMessage()]
     assert len(told) == (want == "resample")  # said when the card gates the fix off
     h = fb(prompt, **kw).history[0]
     r1 = h.rounds[1]

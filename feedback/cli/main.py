@@ -174,6 +174,15 @@ def _quiet_libraries():
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"clip4dm: warning: {message}", file=sys.stderr)
 
+    # our own libraries log through `logging` (feedback.*, generation.*): each warning one line
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("clip4dm: warning: %(message)s"))
+    ours = [logging.getLogger(n) for n in ("feedback", "generation")]
+    saved = [(lg.level, lg.propagate) for lg in ours]
+    for lg in ours:
+        lg.addHandler(handler)
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -183,6 +192,10 @@ def _quiet_libraries():
             yield
         finally:
             root.setLevel(level)
+            for lg, (lvl, prop) in zip(ours, saved):
+                lg.removeHandler(handler)
+                lg.setLevel(lvl)
+                lg.propagate = prop
             for n, lg in libs.items():
                 lg.setLevel(lib_levels[n])
             for k, v in env.items():

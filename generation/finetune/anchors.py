@@ -46,12 +46,12 @@ def read_anchor_pairs(folder: str | Path, flag: str = "--anchor-dir") -> list[tu
             except json.JSONDecodeError as e:
                 raise ValueError(f"{flag}: metadata.jsonl line {n} is not JSON ({e.msg})") from None
             if not isinstance(rec, dict) or "file_name" not in rec or "text" not in rec:
-                raise ValueError(
-                    f"{flag}: metadata.jsonl line {n} needs \"file_name\" and \"text\""
-                )
+                raise ValueError(f'{flag}: metadata.jsonl line {n} needs "file_name" and "text"')
             path = folder / str(rec["file_name"])
             if not path.is_file():
-                raise ValueError(f"{flag}: metadata.jsonl line {n}: no such file {rec['file_name']}")
+                raise ValueError(
+                    f"{flag}: metadata.jsonl line {n}: no such file {rec['file_name']}"
+                )
             text = str(rec["text"] or "").strip()
             if not text:
                 raise ValueError(f"{flag}: metadata.jsonl line {n}: empty text")

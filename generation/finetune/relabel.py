@@ -123,6 +123,8 @@ def read_candidates(path, flag: str = "--candidates") -> dict[str, list[str]]:
             raise ValueError(f"{flag} {path}: {kind!r} needs at least two words to swap between")
         spaced = [w for w in words if len(w.split()) > 1]
         if spaced:
-            raise ValueError(f"{flag} {path}: {kind!r}: candidates are single words, got {spaced[0]!r}")
+            raise ValueError(
+                f"{flag} {path}: {kind!r}: candidates are single words, got {spaced[0]!r}"
+            )
         out[str(kind)] = words
     return out

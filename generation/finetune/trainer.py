@@ -38,7 +38,13 @@ class RoundsConfig:
     """The pipeline to fine-tune: a diffusers folder or model id (the ShapesWorld recipes also
     take a shipped name)."""
     detector: str = "shapes-tiny-gen"
-    """The CLIP4DM detector (and its loop eps from the pipeline card)."""
+    """The CLIP4DM detector: any name `feedback.MisalignmentDetector.from_pretrained` accepts
+    (e.g. ViT-B-32, an open_clip hub id) or a local folder. The default is ShapesWorld's: with
+    your own prompts, name a CLIP that knows their words."""
+    eps: float | None = None
+    """The detector's threshold (a word is flagged below it). Default: when the shipped
+    ShapesWorld pipeline is trained, the loop eps its card calibrated for the detector; else
+    the detector's own card, or the paper's -5e-5."""
     rounds: int = 12
     prompts_per_round: int = 32
     """Per process."""
@@ -70,8 +76,19 @@ class RoundsConfig:
     pairs: on ShapesWorld rendered scenes with their exact captions), so self-generated
     samples never make up the whole signal; 0 = none. Denoising objectives only."""
     anchor_dir: str = ""
-    """A folder of anchor images, each with a same-stem .txt caption; empty = the recipe's
-    own anchors (ShapesWorld renders)."""
+    """The older name of --anchors (the same folder)."""
+    anchors: str = ""
+    """A folder of your own anchor image-caption pairs: a metadata.jsonl with file_name and
+    text (the Hugging Face imagefolder convention) and/or a same-stem .txt caption beside each
+    image. Used wherever the recipe uses anchors (--anchor-fraction; the anchors-only
+    control). Empty = the recipe's own (ShapesWorld renders, with ShapesWorld prompts only)."""
+    prompts: str = ""
+    """A file of your training prompts (UTF-8, one a line, empty lines skipped, weight syntax
+    allowed): each round's prompts cycle through it in a seeded shuffle (--seed) instead of
+    ShapesWorld's prompt generator. Empty = ShapesWorld."""
+    validation_prompts: str = ""
+    """A file of validation prompts for --val-every (same format as --prompts); empty with
+    --prompts = min(--val-prompts, a fifth) of the --prompts file held out (seeded)."""
 
     val_every: int = 0
     """Validate every this many rounds (the base before training, and the last round too) on
@@ -105,6 +122,24 @@ class RoundsConfig:
         check_ranges(self)
         if self.train not in MODES:
             raise ValueError(f"--train must be one of {MODES}, got {self.train!r}")
+        if self.anchors and self.anchor_dir and self.anchors != self.anchor_dir:
+            raise ValueError("--anchors and --anchor-dir name two folders: give one")
+        if self.validation_prompts and not self.prompts:
+            raise ValueError("--validation-prompts needs --prompts (your training prompts)")
+        # the prompt files are checked here: a missing or empty file is one line up front
+        from .prompts import read_prompts
+
+        if self.prompts:
+            read_prompts(self.prompts, "--prompts")
+        if self.validation_prompts:
+            read_prompts(self.validation_prompts, "--validation-prompts")
+
+    @property
+    def anchor_folder(self) -> tuple[str, str]:
+        """(the anchor folder or "", the flag that named it)."""
+        if self.anchors:
+            return self.anchors, "--anchors"
+        return self.anchor_dir, "--anchor-dir"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,7 +280,8 @@ def run_rounds(
         optimizer steps minimize on random minibatches of the round's items (default:
         denoising).
     anchors(n, rng) -> (images, captions): the recipe's anchor data (`generation.finetune.
-        anchors`), mixed in at `cfg.anchor_fraction` (`cfg.anchor_dir` overrides it).
+        anchors`), mixed in at `cfg.anchor_fraction` (`cfg.anchors` / `cfg.anchor_dir`, a
+        folder of the user's pairs, overrides it).
     pipeline: a diffusers pipeline, a function of the device that returns one, or None for
         `DiffusionPipeline.from_pretrained(cfg.pipeline)`.
     validate(pipe) -> score (higher is better; `generation.finetune.reward_validator`): run by
@@ -268,12 +304,13 @@ def run_rounds(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     pipe = load_pipeline_for(pipeline, cfg, accelerator.device)
-    if cfg.anchor_dir:
-        anchors = folder_anchors(cfg.anchor_dir, _image_size(pipe))
+    folder, flag = cfg.anchor_folder
+    if folder:
+        anchors = folder_anchors(folder, _image_size(pipe), flag)
     if cfg.anchor_fraction > 0 and anchors is None:
         raise ValueError(
-            "--anchor-fraction > 0 needs anchor data: pass --anchor-dir (images with .txt "
-            "captions) or use a recipe that provides its own"
+            "--anchor-fraction > 0 needs anchor data: pass --anchors DIR (images with .txt "
+            "captions or a metadata.jsonl) or use a recipe that provides its own"
         )
     params = make_trainable(pipe.unet, cfg.train, rank=cfg.rank, seed=cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -317,14 +354,16 @@ def run_rounds(
         # Every random draw is seeded by (seed, round, process): a resumed run repeats exactly.
         base = 10_000_000 * (cfg.seed + 1) + 100_000 * r + 1000 * rank
         pipe.unet.eval()
-        got = collect(pipe, prompts_for(r, rank), list(range(base, base + n_img)))
+        drawn = prompts_for(r, rank)
+        got = collect(pipe, drawn, list(range(base, base + n_img)))
         gen = torch.Generator().manual_seed(base)
         rng = np.random.default_rng([cfg.seed, r, rank])
         losses = []
         kept = len(got.prompts)
-        n_anchor = 0
+        n_anchor, anchor_captions = 0, []
         if cfg.anchor_fraction > 0 and objective is denoising_objective:
             got, n_anchor = with_anchors(got, anchors, cfg.anchor_fraction, rng)
+            anchor_captions = got.prompts[kept:]
         n_items, loss_fn = objective(pipe, got, gen, cfg)
         pipe.unet.train()
         for _ in range(cfg.steps_per_round * cfg.gradient_accumulation_steps):
@@ -346,6 +385,9 @@ def run_rounds(
             "loss": float(np.mean(losses)) if losses else None,
             **({"kl": float(np.mean(loss_fn.kl))} if getattr(loss_fn, "kl", None) else {}),
             "seconds": round(time.perf_counter() - t0, 2),
+            # what the round drew (this process's): an audit of the prompt and anchor sources
+            "prompts": list(drawn),
+            **({"anchor_captions": anchor_captions} if n_anchor else {}),
         }
         due = cfg.val_every and ((r + 1) % cfg.val_every == 0 or r + 1 == cfg.rounds)
         if main and due:

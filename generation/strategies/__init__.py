@@ -13,6 +13,40 @@ from . import (  # noqa: F401
     resample,
     reweight,
 )
-from .base import STRATEGIES, LoopState, RoundPlan, Strategy, get_strategy, register
+from .attend_and_excite import AttendAndExcite
+from .base import (
+    STRATEGIES,
+    LoopState,
+    RoundPlan,
+    Strategy,
+    StrategyOptions,
+    get_strategy,
+    register,
+    strategy_options,
+)
+from .best_of_n import BestOfN
+from .early_reject import EarlyReject
+from .phrase_guidance import PhraseGuidance
+from .preview import Preview
+from .region_fix import RegionFix
+from .resample import Resample
+from .reweight import Reweight
 
-__all__ = ["STRATEGIES", "LoopState", "RoundPlan", "Strategy", "get_strategy", "register"]
+__all__ = [
+    "STRATEGIES",
+    "AttendAndExcite",
+    "BestOfN",
+    "EarlyReject",
+    "LoopState",
+    "PhraseGuidance",
+    "Preview",
+    "RegionFix",
+    "Resample",
+    "Reweight",
+    "RoundPlan",
+    "Strategy",
+    "StrategyOptions",
+    "get_strategy",
+    "register",
+    "strategy_options",
+]

@@ -1,14 +1,33 @@
 """attend_and_excite: hand the flagged words' tokens to diffusers' Attend-and-Excite pipeline
 (SD 1.x/2.x UNets only), built over the wrapped pipeline's own modules."""
 
+from dataclasses import dataclass
+
+from feedback.fields import number_in, positive_int
+
 from ..attend_excite import attention_resolution, build_attend_and_excite, token_indices
-from .base import RoundPlan, Strategy, register
+from .base import RoundPlan, Strategy, StrategyOptions, register
+
+
+@dataclass
+class AttendAndExcite(StrategyOptions):
+    """attend_and_excite's settings: Attend-and-Excite's own knobs (diffusers'
+    `StableDiffusionAttendAndExcitePipeline`: steps it alters the latents for, and the step
+    size of its attention loss)."""
+
+    max_iter_to_alter: int = 25
+    scale_factor: float = 20.0
+
+    def __post_init__(self):
+        positive_int(self, "max_iter_to_alter")
+        number_in(self, "scale_factor", 0, None, open_lo=True)
 
 
 @register
-class AttendAndExcite(Strategy):
+class AttendAndExciteStrategy(Strategy):
     name = "attend_and_excite"
     requires = ("attend_and_excite",)
+    options_class = AttendAndExcite
 
     def __init__(self, config):
         super().__init__(config)
@@ -35,8 +54,8 @@ class AttendAndExcite(Strategy):
                     generator=generators,
                     output_type="pt",
                     attn_res=attention_resolution(pipe.unet),
-                    max_iter_to_alter=self.config.ae_max_iter_to_alter,
-                    scale_factor=self.config.ae_scale_factor,
+                    max_iter_to_alter=self.options.max_iter_to_alter,
+                    scale_factor=self.options.scale_factor,
                     **kw,
                 )
             finally:

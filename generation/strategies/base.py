@@ -11,10 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from feedback import MisalignmentReport, Word
+
+
+@dataclass
+class StrategyOptions:
+    """A strategy's own settings: one dataclass per strategy, named for it (`Reweight(step=0.5)`),
+    passed as `LoopConfig(strategy=...)`; a strategy's name string means its defaults."""
+
+    #: the registered strategy these settings are for
+    name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
 
 
 @dataclass
@@ -105,8 +117,13 @@ class Strategy:
         """The step budget when `LoopConfig.max_steps` is None (None: images only)."""
         return None
 
+    #: This strategy's settings class (`StrategyOptions` subclass).
+    options_class: ClassVar[type[StrategyOptions]] = StrategyOptions
+
     def __init__(self, config):
         self.config = config
+        #: this strategy's own settings (`LoopConfig.strategy`)
+        self.options = config.strategy
 
     def check(self, adapter, call_kw: dict) -> None:
         """Raise `ValueError` naming what is missing, before any image is made."""
@@ -127,14 +144,32 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make `cls` a loop strategy under `cls.name`."""
+    """Class decorator: make `cls` a loop strategy under `cls.name` (its settings class's
+    `name` is set to match)."""
     if not cls.name or cls.name in STRATEGIES:
         raise ValueError(f"strategy name {cls.name!r} is empty or taken")
+    if cls.options_class is StrategyOptions:
+        # a strategy without settings of its own gets an empty settings class
+        cls.options_class = dataclass(type(f"{cls.__name__}Options", (StrategyOptions,), {}))
+    cls.options_class.name = cls.name
     STRATEGIES[cls.name] = cls
     return cls
 
 
-def get_strategy(name: str, config) -> Strategy:
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {name!r}")
-    return STRATEGIES[name](config)
+def strategy_options(strategy) -> StrategyOptions:
+    """`LoopConfig.strategy` as settings: a registered name means its defaults."""
+    if isinstance(strategy, StrategyOptions):
+        if strategy.name not in STRATEGIES:
+            raise ValueError(f"{type(strategy).__name__} is not a registered strategy's settings")
+        return strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"LoopConfig.strategy must be one of {tuple(STRATEGIES)} or their settings "
+            f"(generation.Reweight(...), ...), got {strategy!r}"
+        )
+    return STRATEGIES[strategy].options_class()
+
+
+def get_strategy(config) -> Strategy:
+    """The strategy `config.strategy` names, with its settings."""
+    return STRATEGIES[config.strategy.name](config)

@@ -17,29 +17,46 @@ falls back to best-of-N at full steps and says so in the round's record.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from feedback.fields import positive_int
 
 from ..clean_estimate import capture_clean
 from ..selection import rank_key
-from .base import RoundPlan, Strategy, register
+from .base import RoundPlan, Strategy, StrategyOptions, register
+
+
+@dataclass
+class EarlyReject(StrategyOptions):
+    """early_reject's settings.
+
+    at: each candidate is read after this many steps (default: a fifth of the full steps, at
+        least 2).
+    """
+
+    at: int | None = None
+
+    def __post_init__(self):
+        positive_int(self, "at", optional=True)
 
 
 @register
-class EarlyReject(Strategy):
+class EarlyRejectStrategy(Strategy):
     name = "early_reject"
     rounds_by_steps = True
+    options_class = EarlyReject
 
     def step_budget(self, full_steps):
         return self.config.max_images * full_steps if full_steps else None
 
     def first(self, state):
-        cfg = self.config
         full = state.adapter.call_default("num_inference_steps", state.call_kw, None)
         budget = state.step_budget
         why = None
         if not full or not budget:
             why = "the pipeline states no step count"
         else:
-            self.at = cfg.reject_at or max(2, round(full / 5))
+            self.at = self.options.at or max(2, round(full / 5))
             why = state.adapter.early_stop_missing()
             if why is None and 2 * self.at > full:
                 why = f"a check after {self.at} of {full} steps saves too little"

@@ -12,8 +12,28 @@ and says so in the round's record.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from feedback.fields import positive_int
+
 from ..selection import rank_key
-from .base import RoundPlan, Strategy, register
+from .base import RoundPlan, Strategy, StrategyOptions, register
+
+
+@dataclass
+class Preview(StrategyOptions):
+    """preview's settings.
+
+    steps: preview steps per candidate (default: a fifth of the full steps, at least 2).
+    keep: candidates finished at full steps.
+    """
+
+    steps: int | None = None
+    keep: int = 2
+
+    def __post_init__(self):
+        positive_int(self, "steps", optional=True)
+        positive_int(self, "keep")
 
 
 def preview_plan(full_steps: int, budget: int, keep: int, preview_steps: int | None):
@@ -27,19 +47,19 @@ def preview_plan(full_steps: int, budget: int, keep: int, preview_steps: int | N
 
 
 @register
-class Preview(Strategy):
+class PreviewStrategy(Strategy):
     name = "preview"
+    options_class = Preview
 
     def step_budget(self, full_steps):
         return self.config.max_images * full_steps if full_steps else None
 
     def first(self, state):
-        cfg = self.config
         full = state.adapter.call_default("num_inference_steps", state.call_kw, None)
         if not full:
             return RoundPlan("plain", extra={"preview": "the pipeline states no step count"})
         budget = state.step_budget
-        plan = preview_plan(full, budget, cfg.preview_keep, cfg.preview_steps)
+        plan = preview_plan(full, budget, self.options.keep, self.options.steps)
         if plan is None:
             n = max(1, budget // full)
             return RoundPlan(

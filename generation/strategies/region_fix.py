@@ -11,9 +11,11 @@ sample (recorded as such).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import RoundPlan, Strategy, register
+from .base import RoundPlan, Strategy, StrategyOptions, register
 
 
 def inpainting_pipeline(pipe):
@@ -52,9 +54,15 @@ def target_word(report):
     return min(flagged, key=lambda w: w.score) if flagged else None
 
 
+@dataclass
+class RegionFix(StrategyOptions):
+    """region_fix has no settings of its own (its boxes come from `LoopConfig.region_config`)."""
+
+
 @register
-class RegionFix(Strategy):
+class RegionFixStrategy(Strategy):
     name = "region_fix"
+    options_class = RegionFix
 
     def __init__(self, config):
         super().__init__(config)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from generation.finetune.ranges import COUNT, NONNEG, check_ranges
 from recipes.cli import parse_config, run_recipe
 from shapesworld.generated import POOL_SEED, label_generated
-from shapesworld.pipelines import PIPELINE_NAME, load_pipeline, prompt_set
+from shapesworld.pipelines import GUIDANCE, PIPELINE_NAME, STEPS, load_pipeline, prompt_set
 
 
 @dataclass
@@ -33,8 +33,8 @@ class PoolConfig:
     parts: int = 24
     prompts_per_part: int = 64
     images_per_prompt: int = 4
-    steps: int = 20
-    guidance: float = 4.0
+    steps: int = STEPS
+    guidance: float = GUIDANCE
     threads: int = 2
 
     RANGES: ClassVar[dict] = {

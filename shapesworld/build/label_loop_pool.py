@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, check_ranges
 from recipes.cli import parse_config, run_recipe
-from shapesworld.pipelines import CALIBRATION_SEED, PIPELINE_NAME, judge_tensor, prompt_set
+from shapesworld.pipelines import (
+    CALIBRATION_SEED,
+    GUIDANCE,
+    PIPELINE_NAME,
+    STEPS,
+    judge_tensor,
+    prompt_set,
+)
 
 
 @dataclass
@@ -33,8 +40,8 @@ class LabelPoolConfig:
     prompts: int = 150
     """Prompts, half one-object and half two-object."""
     images_per_prompt: int = 4
-    steps: int = 20
-    guidance: float = 4.0
+    steps: int = STEPS
+    guidance: float = GUIDANCE
     seed: int = 7_000_000
     """Base image seed (the benchmarks use 1000 i + k from 0)."""
     threads: int = 2

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from generation.finetune.ranges import COUNT, NONNEG, NONNEG_INT, check_ranges
 from recipes.cli import parse_config, run_recipe
 from shapesworld.build.label_loop_pool import calibration_prompts
-from shapesworld.pipelines import LOOP_DETECTOR, PIPELINE_NAME, judge_tensor
+from shapesworld.pipelines import GUIDANCE, LOOP_DETECTOR, PIPELINE_NAME, STEPS, judge_tensor
 
 
 @dataclass
@@ -46,8 +46,8 @@ class MeasureFixesConfig:
     strategies: list[str] = field(
         default_factory=lambda: ["reweight", "phrase_guidance", "attend_and_excite"]
     )
-    steps: int = 20
-    guidance: float = 4.0
+    steps: int = STEPS
+    guidance: float = GUIDANCE
     seed: int = 8_000_000
     """Base image seed (prompt i: seed + 1000 i, + 1 for round 1 and the fresh sample)."""
     threads: int = 2

@@ -21,6 +21,8 @@ from typing import ClassVar
 from generation.finetune.ranges import COUNT, NONNEG, Range, check_ranges
 from recipes.cli import parse_config, run_recipe
 from shapesworld.pipelines import (
+    GUIDANCE,
+    STEPS,
     VALIDATION_SEED,
     generate_and_judge,
     load_pipeline,
@@ -35,8 +37,8 @@ class PackageT2IConfig:
     dest: str = str(Path(__file__).resolve().parents[1] / "weights" / "shapes-sd-tiny")
     n: int = 200
     """Validation prompts per kind (one- and two-object)."""
-    steps: int = 20
-    guidance: float = 4.0
+    steps: int = STEPS
+    guidance: float = GUIDANCE
     batch: int = 25
     detector: str = "shapes-tiny"
     """Detector whose stop threshold is calibrated on the generated validation images."""
