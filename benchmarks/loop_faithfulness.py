@@ -9,7 +9,7 @@ calibrated for it on generated images; prompt i uses seeds 1000 i, 1000 i + 1, .
 strategy starts from the same first image): single sample; best-of-N by CLIPScore (what people
 do today), by F-CLIPScore (the rule without a card) and by the verifier card; resample with
 the card's stop rule; the re-weighting loop and per-phrase guidance, with the card's fix gate
-(a fix only where the card measured it beating a fresh sample, `Verifier.fix_gains`) and with
+(a fix only where the card measured it beating a fresh sample, `generation.fixes`) and with
 the fix every round; each fix after 2 plain samples; automatic Attend-and-Excite (first
 --ae-n prompts, it is slow); and as ceilings the same loops driven by the oracle's own word
 verdicts (no card: the oracle's verdict is the stop), and "any of the N plain samples is
@@ -40,6 +40,7 @@ from feedback import (
 )
 from feedback.detector import reports_from_output
 from generation import FeedbackPipeline, LoopConfig
+from generation.fixes import fix_gains
 from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
@@ -218,7 +219,7 @@ def main():
     if ver is not None:
         print(
             f"verifier card {ver_path} (selects by {ver.select_by}, stop P >= "
-            f"{ver.stop_level:.3f}, fix gains for {sorted(ver.fix_gains) or 'no fix'})"
+            f"{ver.stop_level:.3f}, fix gains for {sorted(fix_gains(ver)) or 'no fix'})"
         )
     oracle_det = OracleDetector(det.backend, det.config)
     prompts = prompt_set(args.n)
@@ -322,7 +323,7 @@ def main():
         return LoopConfig(strategy=strategy, max_rounds=N, **kw)
 
     stop = "stop by the verifier" if ver is not None else "stop when nothing flagged"
-    every = ", fix every round" if ver is not None and ver.fix_gains else ""
+    every = ", fix every round" if fix_gains(ver) else ""
     gated = " (fix where the card measured a gain)" if every else ""
     loops = {
         f"resample, {stop}": (det, loop_cfg("resample")),

@@ -60,6 +60,12 @@ PAGES = {
         "two-object difference.",
         "files": ["finetune-lora", "finetune-anchors", "finetune-grpo-regions", "finetune-full-unet"],
     },
+    "models": {
+        "title": "The shipped ShapesWorld models",
+        "intro": "What each shipped testbed model was measured to do when it was made (the model "
+        "cards under `shapesworld/weights/` hold the commands and settings).",
+        "files": ["shipped-models"],
+    },
     "speed": {
         "title": "Speed and cost",
         "intro": "CPU timings on a shared 2-core machine: compare the ratios within a row, "
@@ -183,9 +189,8 @@ _LOOP_LABELS = {
     "bon_clip": "best-of-{n} by CLIPScore",
     "bon_fclip_whole": "best-of-{n} by whole-image F-CLIPScore (no card, no regions)",
     "bon_fclip": "best-of-{n} by the region score (the rule without a card)",
-    "bon_fclip_card": "best-of-{n} by the region score at the detector card's eps",
-    "bon_verifier": "best-of-{n} by the verifier card (selects by the region score; "
-    "= the default `best_of_n`)",
+    "bon_fclip_card": "best-of-{n} by the reports' F-CLIPScore at the detector card's eps",
+    "bon_verifier": "best-of-{n} by the verifier card (= the default `best_of_n`)",
     "any": "any of {n} plain samples right (ceiling)",
 }
 
@@ -196,20 +201,24 @@ def render_loop(data: dict) -> list[dict]:
     table = data["table"]
     main_n = max(r.get("n_two", 0) for r in table.values())
     steps = any(r.get("steps_per_prompt") for r in table.values())
+    evals = any(r.get("denoiser_evals_per_prompt") for r in table.values())
     cols = [
         f"strategy (budget {n})",
         "2-object",
         "1-object",
         f"2-object vs best-of-{n} by CLIPScore (95% CI)",
-    ] + (["steps per prompt"] if steps else [])
+    ]
+    cols += ["steps per prompt"] if steps else []
+    cols += ["denoiser evals per prompt"] if evals else []
     rows = []
     for key, r in table.items():
         label = _LOOP_LABELS.get(key, key).format(n=n)
         if r.get("n_two", main_n) != main_n:
             label += f" (first {r['n_two'] + r['n_one']} prompts)"
         row = [label, _pct(r["two_object"]), _pct(r["one_object"]), _ci(r["diff_two_vs_bon_clip"])]
-        if steps:
-            row.append(f"{r['steps_per_prompt']:.0f}" if r.get("steps_per_prompt") else "")
+        for on, field in ((steps, "steps_per_prompt"), (evals, "denoiser_evals_per_prompt")):
+            if on:
+                row.append(f"{r[field]:.0f}" if r.get(field) else "")
         rows.append(row)
     out = [{"title": "", "columns": cols, "rows": rows}]
     extra = []
@@ -224,7 +233,7 @@ def render_loop(data: dict) -> list[dict]:
             ]
         )
     ww = data.get("which_word") or {}
-    if ww:
+    if all(ww.get(k) is not None for k in ("regions", "whole", "box_holds_object")) and ww:
         extra.append(
             [
                 "Wrong two-object images whose most negative word is truly wrong",
@@ -359,17 +368,43 @@ def tables(rec: dict) -> list[dict]:
 def fix_gain_table(card_path: Path = CARD) -> str:
     """The shipped verifier card's fix gains (`Verifier.fix_gains`), one row per fix."""
     card = json.loads(card_path.read_text())
+    kinds_all = ["object", "relation"]
+    if any("missing" in k for k in card["fix_gains"].values()):
+        kinds_all.append("missing")
     rows = []
     for fix, kinds in card["fix_gains"].items():
         cells = [f"`{fix}`"]
-        for kind in ("object", "relation"):
-            c = kinds[kind]
+        for kind in kinds_all:
+            c = kinds.get(kind)
             cells.append(
                 f"{100 * c['gain']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], "
                 f"n {c['n']}"
+                if c
+                else "not measured"
             )
         rows.append(cells)
-    return md_table(["fix", "object word flagged", "relation word flagged"], rows)
+    head = {"object": "object word flagged", "relation": "relation word flagged",
+            "missing": "object missing"}
+    return md_table(["fix"] + [head[k] for k in kinds_all], rows)
+
+
+def card_stats_table(card_path: Path = CARD) -> str:
+    """The shipped verifier card's cross-validated statistics (`clip4dm calibrate`)."""
+    card = json.loads(card_path.read_text())
+    st = card["stats"]
+    rows = [
+        ["calibration pool", f"{st['n_images']} images of {st['n_prompts']} prompts, "
+         f"{st['n_right']} right"],
+        ["AUC right vs wrong (cross-validated)", f"P(right) {st['cv_auc']:.3f}, CLIPScore "
+         f"{st['clip_score_auc']:.3f}, region score {st.get('region_score_auc', float('nan')):.3f}"],
+        ["prompts whose kept image is right", f"P(right) {_pct(st['cv_selection_accuracy'])}%, "
+         f"CLIPScore {_pct(st['clip_score_selection_accuracy'])}%, region score "
+         f"{_pct(st.get('region_score_selection_accuracy', float('nan')))}%"],
+        ["right images reaching the stop level", f"{_pct(st['stop_level_right_accepted'])}%"],
+        ["selects by", f"`{card['select_by']}`"],
+        ["detector, eps", f"`{card['detector']}`, {card['threshold']!r}"],
+    ]
+    return md_table(["shipped card (shapes-sd-tiny/verifier.json)", "value"], rows)
 
 
 # ---------------------------------------------------------------- pages
@@ -516,6 +551,8 @@ def _block(recs: dict, name: str) -> str:
         return headline(recs)
     if name == "fix-gains":
         return fix_gain_table()
+    if name == "card-stats":
+        return card_stats_table()
     key, _, idx = name.partition(".")
     t = tables(recs[key])[int(idx or 0)]
     src = f"<small>From `results/{key}.json` ({recs[key].get('date', '?')}).</small>"

@@ -17,7 +17,7 @@ from .regions import RegionConfig, RegionReport, RegionWord, parse_structure
 from .registry import load_backend, recommended_settings, shipped_models
 from .report import MisalignmentReport, WordScore
 from .rewards import FeedbackReward, RewardConfig, token_rewards
-from .verifier import Verifier, fit_fix_gains, fit_verifier
+from .verifier import Verifier, fit_verifier
 from .words import Word, split_words
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "shipped_models",
     "split_words",
     "Verifier",
-    "fit_fix_gains",
     "fit_verifier",
     "sum_negative_attribution",
     "to_rgb",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import InputError
@@ -120,12 +120,9 @@ class Verifier:
         `RegionReport.score`), whichever kept a right image for more calibration prompts
         under cross-validation (P ranks *across* prompts well; within one prompt CLIPScore
         can rank as well or better, and then the card says so).
-    fix_gains: what each fix bought over a fresh sample on this generator, by the kind of
-        word flagged ("relation": a word outside every object phrase, such as "left", or a
-        placement judged by regions; "object": a word inside one; "missing": a word of an
-        object found nowhere, `feedback.regions`): `{fix: {kind: {"gain", "ci", "n"}}}`, from
-        `fit_fix_gains`. The loop applies a fix only where its measured gain is above 0
-        (`fix_pays`); a fix the card never measured is applied as asked.
+    extras: what other tools recorded with the card, kept as read and written back as
+        top-level keys of the card's JSON (the feedback loop keeps its measured fix gains
+        there: `generation.fixes`).
     """
 
     features: list[str]
@@ -140,7 +137,7 @@ class Verifier:
     threshold: float | None = None
     stats: dict = field(default_factory=dict)
     select_by: str = "p_right"
-    fix_gains: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -153,15 +150,6 @@ class Verifier:
             raise InputError(
                 f"verifier card: select_by must be one of {SELECT_BY}, got {self.select_by!r}"
             )
-
-    def fix_pays(self, fix: str, kind: str) -> bool | None:
-        """Whether `fix` beat a fresh sample on the calibration prompts when the kept image's
-        worst flagged word was of `kind` ("relation" or "object"): its measured gain (share
-        of right images, fix minus fresh) is above 0. None: the card has no such measurement."""
-        cell = self.fix_gains.get(fix, {}).get(kind)
-        if not cell or not cell.get("n"):
-            return None
-        return float(cell["gain"]) > 0
 
     def select(self, reports: Sequence[MisalignmentReport], probs: Sequence[float]) -> int:
         """Index of the image to keep among one prompt's images (the earliest on ties)."""
@@ -185,7 +173,9 @@ class Verifier:
         return out
 
     def to_dict(self) -> dict:
-        return {"kind": CARD_KIND, "version": 1, **asdict(self)}
+        d = asdict(self)
+        extras = d.pop("extras")
+        return {"kind": CARD_KIND, "version": 1, **d, **extras}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -205,50 +195,12 @@ class Verifier:
         if not isinstance(d, dict) or d.get("kind") != CARD_KIND:
             raise InputError(f"{path} is not a clip4dm verifier card (kind {CARD_KIND!r})")
         d = {k: v for k, v in d.items() if k not in ("kind", "version")}
+        own = {f.name for f in fields(cls)} - {"extras"}
+        extras = {k: d.pop(k) for k in list(d) if k not in own}
         try:
-            return cls(**d)
+            return cls(**d, extras=extras)
         except TypeError as e:
             raise InputError(f"{path}: {e}") from None
-
-
-#: The kinds of flagged word a fix's gain is measured by (`Verifier.fix_gains`).
-FIX_KINDS = ("relation", "object", "missing")
-
-
-def fit_fix_gains(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """What each fix bought over a fresh sample, from paired trials.
-
-    rows: one per trial, `{"fix", "kind", "fixed_right", "fresh_right"}`: from the same
-        wrong-looking kept image, one image made by the fix and one fresh sample (same seed),
-        both judged right or wrong; `kind` is the kind of the kept image's worst flagged
-        word (`FIX_KINDS`).
-    Returns `{fix: {kind: {"gain", "ci", "n"}}}`: gain = share of fixed images right minus
-    share of fresh ones right (paired; -1..1), ci its 95% bootstrap interval."""
-    import numpy as np
-
-    cells: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
-    for i, r in enumerate(rows):
-        try:
-            fix, kind = str(r["fix"]), str(r["kind"])
-            pair = (bool(r["fixed_right"]), bool(r["fresh_right"]))
-        except (KeyError, TypeError):
-            raise InputError(
-                f"fix trial {i} needs fix, kind, fixed_right and fresh_right, got {r!r}"
-            ) from None
-        if kind not in FIX_KINDS:
-            raise InputError(f"fix trial {i}: kind must be one of {FIX_KINDS}, got {kind!r}")
-        cells.setdefault((fix, kind), []).append(pair)
-    rng = np.random.default_rng(seed)
-    out: dict = {}
-    for (fix, kind), pairs in sorted(cells.items()):
-        d = np.array([a for a, _ in pairs], float) - np.array([b for _, b in pairs], float)
-        boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-        out.setdefault(fix, {})[kind] = {
-            "gain": float(d.mean()),
-            "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
-            "n": len(d),
-        }
-    return out
 
 
 def fit_verifier(

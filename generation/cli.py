@@ -211,7 +211,51 @@ def call_kwargs(args) -> dict:
     return kw
 
 
+def _extend_calibrate(sub) -> None:
+    """`clip4dm calibrate --fixes`: the loop's measured fix gains go into the verifier card the
+    detector's calibrate command fits (`generation.fixes`)."""
+    c = sub.choices["calibrate"]
+    c.add_argument(
+        "--fixes",
+        default=None,
+        metavar="TRIALS.jsonl",
+        help="with --verifier: also record what each loop fix bought over a fresh sample, from "
+        'labelled trials ({"fix", "kind", "fixed_right", "fresh_right"} per line; '
+        "python -m shapesworld.build.measure_fixes makes them for ShapesWorld); the loop then "
+        "applies a fix only where it paid",
+    )
+    fit = c.get_default("func")
+
+    def run(args) -> int:
+        from feedback import Verifier
+
+        from .fixes import fit_fix_gains, read_fix_trials, set_fix_gains
+
+        gains = None
+        if args.fixes:
+            if not args.verifier:
+                raise InputError("--fixes goes into a verifier card: give --verifier CARD.json too")
+            gains = fit_fix_gains(read_fix_trials(args.fixes))  # bad trials fail before fitting
+        code = fit(args)
+        if gains is not None and code == 0:
+            card = Verifier.load(args.verifier)
+            set_fix_gains(card, gains)
+            card.save(args.verifier)
+            for fix, kinds in gains.items():
+                for kind, g in kinds.items():
+                    verdict = "applied" if g["gain"] > 0 else "replaced by a fresh sample"
+                    print(
+                        f"fix {fix}, {kind} word flagged: {100 * g['gain']:+.1f} points vs a "
+                        f"fresh sample [{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}], "
+                        f"n {g['n']}: {verdict}"
+                    )
+        return code
+
+    c.set_defaults(func=run)
+
+
 def add_commands(sub) -> None:
+    _extend_calibrate(sub)
     d = sub.add_parser(
         "demo",
         help="run the loop on held-out ShapesWorld prompts with the shipped models; "

@@ -51,7 +51,7 @@ class LoopConfig:
         CLIPScore) rather than the last round's best.
     seed: base seed when no `generator` is passed; image k of a prompt uses seed + k.
     gate_fixes: with a verifier card that measured the strategy's fix on this generator
-        (`Verifier.fix_gains`), apply the fix only where it beat a fresh sample for the kind
+        (`generation.fixes`), apply the fix only where it beat a fresh sample for the kind
         of word the kept image has flagged, else sample fresh (`generation.verifier.gate`);
         False applies the fix every round, as asked.
     max_steps: a compute budget in denoiser steps per prompt (images x inference steps,

@@ -10,7 +10,7 @@ ties by CLIPScore, the earliest on exact ties, and stop when the detector flags 
 which the loop says once.
 
 Fixes only where they pay (`gate`): a card may also hold what each fix bought over a fresh
-sample on this generator, by the kind of word flagged (`Verifier.fix_gains`, measured by
+sample on this generator, by the kind of word flagged (`generation.fixes`, measured by
 `shapesworld.build.measure_fixes` or from your own labelled trials with
 `clip4dm calibrate --fixes`).
 A fix round whose measured gain for the kept image's worst flagged word is not above 0 becomes
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from feedback import Verifier
 
+from .fixes import fix_gains, fix_pays
 from .phrases import split_phrases, word_phrases
 from .selection import best_index
 from .strategies.base import RoundPlan
@@ -150,8 +151,8 @@ def say_if_gated(config, verifier: Verifier | None) -> None:
     if verifier is None or not config.gate_fixes:
         return
     name = config.strategy.name
-    cells = verifier.fix_gains.get(name, {})
-    if cells and all(verifier.fix_pays(name, k) is False for k in cells):
+    cells = fix_gains(verifier).get(name, {})
+    if cells and all(fix_pays(verifier, name, k) is False for k in cells):
         logger.warning(
             f"the verifier card measured {name} beating a fresh sample for no kind "
             "of flagged word on this generator, so its rounds re-sample (recorded as "
@@ -191,9 +192,9 @@ def gate(plan, state, verifier: Verifier | None):
     if plan is None or verifier is None or plan.fix in ("plain", "resample"):
         return plan
     kind = flagged_kind(state.chosen, state.prompt)
-    if kind is None or verifier.fix_pays(plan.fix, kind) is not False:
+    if kind is None or fix_pays(verifier, plan.fix, kind) is not False:
         return plan
-    cell = verifier.fix_gains[plan.fix][kind]
+    cell = fix_gains(verifier)[plan.fix][kind]
     return RoundPlan(
         "resample",
         extra={"gated": plan.fix, "kind": kind, "measured_gain": cell["gain"], "n": cell["n"]},

@@ -18,8 +18,9 @@ from feedback import (
     WordScore,
     fit_verifier,
 )
-from feedback.verifier import FEATURES, FIX_KINDS, image_features
+from feedback.verifier import FEATURES, image_features
 from generation import FeedbackPipeline, LoopConfig
+from generation.fixes import FIX_KINDS, fix_gains, fix_pays, set_fix_gains
 
 EPS = -0.002
 
@@ -198,7 +199,7 @@ def test_calibrate_fits_and_writes_a_card(tmp_path, tiny_open_clip_dir, capsys):
     assert main(argv + flags) == 0
     out = capsys.readouterr().out
     assert "fix reweight, object word flagged: -66.7 points" in out and "fresh sample" in out
-    assert Verifier.load(card).fix_pays("reweight", "object") is False
+    assert fix_pays(Verifier.load(card), "reweight", "object") is False
     assert main(argv + ["--fixes", str(trials)]) == 2  # no card to write them into
     assert "give --verifier" in capsys.readouterr().err
 
@@ -223,7 +224,7 @@ def test_each_streamed_round_carries_its_p_right_and_the_best_so_far(sd, tiny_op
     assert events[-1].best == h.best
 
 
-# --- fixes only where they pay (Verifier.fix_gains, generation.verifier.gate) ---------------
+# --- fixes only where they pay (generation.fixes, generation.verifier.gate) ---------------
 
 
 def _trials(fix, kind, pairs):
@@ -231,7 +232,7 @@ def _trials(fix, kind, pairs):
 
 
 def test_fix_gains_are_paired_differences_with_an_interval():
-    from feedback import fit_fix_gains
+    from generation.fixes import fit_fix_gains
 
     rows = _trials("reweight", "relation", [(1, 0)] * 6 + [(0, 0)] * 4) + _trials(
         "reweight", "object", [(0, 1)] * 3 + [(1, 1)] * 7
@@ -249,18 +250,21 @@ def test_fix_gains_are_paired_differences_with_an_interval():
 
 
 def test_a_card_round_trips_its_fix_gains_and_says_where_a_fix_pays(tmp_path):
-    from feedback import fit_fix_gains
+    from generation.fixes import fit_fix_gains
 
     groups, labels = _pool()
     ver = fit_verifier(groups, labels, unit=-EPS, threshold=EPS)
-    ver.fix_gains = fit_fix_gains(
+    gains = fit_fix_gains(
         _trials("reweight", "relation", [(1, 0), (1, 1)]) + _trials("reweight", "object", [(0, 1)])
     )
-    back = Verifier.load(ver.save(tmp_path / "card.json"))
-    assert back.fix_gains == ver.fix_gains
-    assert back.fix_pays("reweight", "relation") is True
-    assert back.fix_pays("reweight", "object") is False
-    assert back.fix_pays("phrase_guidance", "object") is None  # never measured
+    set_fix_gains(ver, gains)
+    path = ver.save(tmp_path / "card.json")
+    back = Verifier.load(path)
+    assert fix_gains(back) == gains and back.extras == ver.extras
+    assert json.loads(path.read_text())["fix_gains"] == gains  # the card's JSON key
+    assert fix_pays(back, "reweight", "relation") is True
+    assert fix_pays(back, "reweight", "object") is False
+    assert fix_pays(back, "phrase_guidance", "object") is None  # never measured
 
 
 def test_flagged_kind_relation_or_object():
@@ -294,7 +298,7 @@ def test_the_loop_applies_a_fix_only_where_the_card_measured_a_gain(
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e-6)
     ver = _card(det, 1.01)  # a stop level no image reaches: round 1 always happens
     cell = {"gain": gain, "ci": [gain, gain], "n": 20}
-    ver.fix_gains = {"reweight": {"relation": cell, "object": cell}}
+    set_fix_gains(ver, {"reweight": {"relation": cell, "object": cell}})
     kw = tp.call_kwargs("sd")
     prompt = "a red circle left of a blue square"
     cfg = LoopConfig("reweight", max_images=2, max_rounds=2, gate_fixes=gate_fixes)
@@ -332,13 +336,13 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
     line, a rerun makes nothing again, and the card gets `fit_fix_gains` of the trials."""
     import shutil
 
-    from feedback import fit_fix_gains
+    from generation.fixes import fit_fix_gains
     from shapesworld.build.measure_fixes import MeasureFixesConfig, main
     from shapesworld.pipelines import loop_verifier_path
 
     card = tmp_path / "verifier.json"
     shutil.copy(loop_verifier_path(), card)
-    before_gains = {k: v for k, v in Verifier.load(card).fix_gains.items() if k != "reweight"}
+    before_gains = {k: v for k, v in fix_gains(Verifier.load(card)).items() if k != "reweight"}
     cfg = MeasureFixesConfig(
         output_dir=str(tmp_path / "fx"), verifier=str(card), prompts=2, strategies=["reweight"]
     )
@@ -351,7 +355,7 @@ def test_measure_fixes_writes_trials_as_it_goes_resumes_and_fills_the_card(tmp_p
     # the measured fix's gains replace its own; the card's other fixes keep theirs
     measured = fit_fix_gains(trials)
     assert measured == out["gains"]
-    assert Verifier.load(card).fix_gains == {**before_gains, **measured}
+    assert fix_gains(Verifier.load(card)) == {**before_gains, **measured}
     before = (tmp_path / "fx" / "fixes.jsonl").read_text()
     assert main(cfg)["trials"] == len(trials)  # resumed: nothing made again
     assert (tmp_path / "fx" / "fixes.jsonl").read_text() == before
@@ -364,19 +368,26 @@ def test_phrase_guidance_goes_on_after_a_gated_round(sd, tiny_open_clip_dir):
     starts its phrase weights again instead of reading the sample's (it raised IndexError)."""
     det = MisalignmentDetector.from_pretrained(str(tiny_open_clip_dir), threshold=-1e-6)
     ver = _card(det, 1.01)
-    ver.fix_gains = {
-        "phrase_guidance": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
-        "reweight": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
-    }
+    set_fix_gains(
+        ver,
+        {
+            "phrase_guidance": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
+            "reweight": {k: {"gain": -0.1, "ci": [-0.1, -0.1], "n": 20} for k in FIX_KINDS},
+        },
+    )
     cfg = LoopConfig("phrase_guidance", max_images=3, max_rounds=3)
     h = FeedbackPipeline(sd, det, cfg, verifier=ver)(
         "a red circle left of a blue square", **tp.call_kwargs("sd")
     ).history[0]
     assert [r.fix for r in h.rounds] == ["plain", "resample", "resample"]
     assert [r.extra.get("gated") for r in h.rounds[1:]] == ["phrase_guidance"] * 2
-    ver.fix_gains["phrase_guidance"] = {
-        k: {"gain": 0.1, "ci": [0.1, 0.1], "n": 20} for k in FIX_KINDS
-    }
+    set_fix_gains(
+        ver,
+        {
+            **fix_gains(ver),
+            "phrase_guidance": {k: {"gain": 0.1, "ci": [0.1, 0.1], "n": 20} for k in FIX_KINDS},
+        },
+    )
     h = FeedbackPipeline(sd, det, cfg, verifier=ver)(
         "a red circle left of a blue square", **tp.call_kwargs("sd")
     ).history[0]

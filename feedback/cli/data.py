@@ -126,15 +126,6 @@ def add_commands(sub) -> None:
         "(default 0.05)",
     )
     c.add_argument(
-        "--fixes",
-        default=None,
-        metavar="TRIALS.jsonl",
-        help="with --verifier: also record what each loop fix bought over a fresh sample, from "
-        'labelled trials ({"fix", "kind", "fixed_right", "fresh_right"} per line; '
-        "python -m shapesworld.build.measure_fixes makes them for ShapesWorld); the loop then "
-        "applies a fix only where it paid",
-    )
-    c.add_argument(
         "--no-regions",
         dest="regions",
         action="store_false",
@@ -269,8 +260,6 @@ def _cmd_calibrate(args) -> int:
 
     if not 0 <= args.rate < 1:
         raise InputError(f"--rate must lie in [0, 1), got {args.rate}")
-    if getattr(args, "fixes", None) and not args.verifier:
-        raise InputError("--fixes goes into a verifier card: give --verifier CARD.json too")
     samples = load_labelled(args.data)
     det = build_detector(args)
     reports = det.detect([s.image for s in samples], [s.caption for s in samples], progress=True)
@@ -299,36 +288,6 @@ def _cmd_calibrate(args) -> int:
     if args.verifier:
         _fit_verifier(args, samples, reports, cal.threshold)
     return 0
-
-
-def _fix_gains(path: str) -> dict:
-    """`feedback.fit_fix_gains` over a JSONL file of fix trials, printed per fix and kind."""
-    from ..verifier import fit_fix_gains
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--fixes: file not found: {p}")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"--fixes: {p} line {n} is not JSON") from None
-        if row.get("fix") is not None:  # a trial where nothing was flagged made no fix
-            rows.append(row)
-    if not rows:
-        raise InputError(f"--fixes: {p} holds no fix trial")
-    gains = fit_fix_gains(rows)
-    for fix, kinds in gains.items():
-        for kind, c in kinds.items():
-            verdict = "applied" if c["gain"] > 0 else "replaced by a fresh sample"
-            print(
-                f"fix {fix}, {kind} word flagged: {100 * c['gain']:+.1f} points vs a fresh "
-                f"sample [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}], n {c['n']}: {verdict}"
-            )
-    return gains
 
 
 def _fit_verifier(args, samples, reports, eps: float) -> None:
@@ -371,8 +330,6 @@ def _fit_verifier(args, samples, reports, eps: float) -> None:
         )
     except ValueError as e:
         raise InputError(f"--verifier: {e}") from None
-    if getattr(args, "fixes", None):
-        ver.fix_gains = _fix_gains(args.fixes)
     ver.save(args.verifier)
     st = ver.stats
     print(

@@ -1,6 +1,6 @@
 """What each loop fix buys over a fresh sample on the shipped `shapes-sd-tiny`, judged by the
 pixel oracle, written into the loop's verifier card so the loop applies a fix only where it
-pays (`Verifier.fix_gains`, `generation.verifier.gate`).
+pays (`generation.fixes`, `generation.verifier.gate`).
 
     python -m shapesworld.build.measure_fixes --output-dir runs/fixes --prompts 300 \
         --verifier shapesworld/weights/shapes-sd-tiny/verifier.json
@@ -12,7 +12,7 @@ s + 1, `reseed`) and a fresh sample is made at the same seed s + 1 with the plai
 oracle judges both. One JSON line per trial in `fixes.jsonl`, written as it goes
 (`{"group", "strategy", "fix", "kind", "fixed_right", "fresh_right", "prompt"}`; `kind`: the
 flagged word's, `generation.verifier.flagged_kind`), so a killed run resumes; then
-`feedback.fit_fix_gains` gives each fix's gain per kind with a bootstrap interval, written
+`generation.fixes.fit_fix_gains` gives each fix's gain per kind with a bootstrap interval, written
 into `--verifier` when given. With your own generator, label such pairs yourself and run
 `clip4dm calibrate ... --verifier CARD --fixes trials.jsonl`.
 """
@@ -88,8 +88,9 @@ def _done(path: Path) -> tuple[set, list[dict]]:
 
 
 def main(cfg: MeasureFixesConfig) -> dict:
-    from feedback import MisalignmentDetector, Verifier, fit_fix_gains
+    from feedback import MisalignmentDetector, Verifier
     from generation import FeedbackPipeline, LoopConfig
+    from generation.fixes import fit_fix_gains, fix_gains, set_fix_gains
     from generation.verifier import flagged_kind
     from shapesworld.pipelines import load_pipeline, loop_threshold
 
@@ -146,7 +147,7 @@ def main(cfg: MeasureFixesConfig) -> dict:
     unique = list({(r["group"], r["fix"]): r for r in rows}.values())
     gains = fit_fix_gains(unique) if unique else {}
     if card is not None:
-        card.fix_gains = {**card.fix_gains, **gains}  # fixes not measured here keep theirs
+        set_fix_gains(card, {**fix_gains(card), **gains})  # fixes not measured here keep theirs
         card.save(cfg.verifier)
     (out / "gains.json").write_text(json.dumps(gains, indent=2))
     return {"trials": len(unique), "gains": gains, "card": cfg.verifier}
