@@ -554,9 +554,10 @@ def _block(recs: dict, name: str) -> str:
     if name == "card-stats":
         return card_stats_table()
     key, _, idx = name.partition(".")
-    t = tables(recs[key])[int(idx or 0)]
+    ts = tables(recs[key])
+    ts = [ts[int(idx)]] if idx else ts
     src = f"<small>From `results/{key}.json` ({recs[key].get('date', '?')}).</small>"
-    return md_table(t["columns"], t["rows"]) + "\n\n" + src
+    return "\n\n".join(md_table(t["columns"], t["rows"]) for t in ts) + "\n\n" + src
 
 
 def fill_marks(text: str, recs: dict) -> str:

@@ -14,13 +14,14 @@ from .errors import Clip4dmError, InputError, ModelLoadError, NonFiniteScoreErro
 from .formulas import clip_score, f_clip_score, select_misaligned, sum_negative_attribution
 from .images import load_image, to_rgb
 from .regions import RegionConfig, RegionReport, RegionWord, parse_structure
-from .registry import load_backend, recommended_settings, shipped_models
+from .registry import DEFAULT_MODEL, load_backend, recommended_settings, shipped_models
 from .report import MisalignmentReport, WordScore
 from .rewards import FeedbackReward, RewardConfig, token_rewards
 from .verifier import Verifier, fit_verifier
 from .words import Word, split_words
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DEFAULT_TEMPLATE",
     "DetectorOutput",
     "FeedbackReward",

@@ -20,6 +20,12 @@ import torch
 from .backends import Backend, OpenClipBackend, TransformersBackend
 from .errors import ModelLoadError
 
+#: The detector when none is named: the CLIP that torchmetrics' CLIPScore and most
+#: text-to-image evaluations use by default (OpenAI ViT-L/14, transformers format), so the
+#: CLIPScore printed beside the words is the number users already compare. The paper's best
+#: family is ViT-H/14 (`ViT-H-14` with pretrained `laion2b_s32b_b79k`, 2.5 GB).
+DEFAULT_MODEL = "openai/clip-vit-large-patch14"
+
 
 @dataclass(frozen=True)
 class ShippedModel:

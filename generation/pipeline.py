@@ -47,10 +47,14 @@ class FeedbackPipeline:
     """Generate, score each image's words, fix what the image got wrong, regenerate.
 
     >>> pipe = DiffusionPipeline.from_pretrained(path)          # any supported family
-    >>> fb = FeedbackPipeline(pipe, MisalignmentDetector.from_pretrained("shapes-tiny"))
+    >>> fb = FeedbackPipeline(pipe)  # the detector: the card's beside the pipeline, else
+    >>> # feedback.DEFAULT_MODEL; or pass one: MisalignmentDetector.from_pretrained(name)
     >>> out = fb("a red circle left of a blue square", num_inference_steps=20)
     >>> out.images[0], out.history[0].best_report.misaligned_words
 
+    detector: a `MisalignmentDetector`, a model name or folder, or None: the detector named by
+        the card beside the pipeline's weights (`generation.cards`), else
+        `feedback.DEFAULT_MODEL`, at the card's eps for it where it has one.
     adapter: a family name ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "generic"), an
         adapter class or instance; default: picked from the pipeline's class and components.
     verifier: a `feedback.Verifier` card (or its path) fitted on this generator's labelled
@@ -65,13 +69,18 @@ class FeedbackPipeline:
     def __init__(
         self,
         pipe,
-        detector: MisalignmentDetector,
+        detector: MisalignmentDetector | str | None = None,
         config: LoopConfig | None = None,
         *,
         adapter: str | type[PipelineAdapter] | PipelineAdapter | None = None,
         verifier="auto",
     ):
         self.adapter = adapter_for(pipe, adapter)
+        # the card beside the pipeline's weights: its sampling settings apply where a call
+        # gives none, its detector and eps where none is given (`generation.cards`)
+        self.card = PipelineCard.find(pipe)
+        if detector is None or isinstance(detector, (str, Path)):
+            detector = self._default_detector(pipe, detector)
         if isinstance(verifier, str) and verifier == "auto":
             found = find_card(pipe)
             verifier, detector = auto_verifier(pipe, detector)
@@ -95,9 +104,6 @@ class FeedbackPipeline:
         self.pipe = pipe
         self.detector = detector
         self.config = config or LoopConfig()
-        # the card beside the pipeline's weights: its sampling settings apply where a call
-        # gives none (`generation.cards`)
-        self.card = PipelineCard.find(pipe)
         self.strategy = get_strategy(self.config)
         say_if_gated(self.config, self.verifier)
         # What the strategy needs regardless of call arguments (guidance scale is checked per
@@ -114,6 +120,21 @@ class FeedbackPipeline:
                 f"devices every round; load the detector with device='{pdev}' (or move the "
                 "pipeline)"
             )
+
+    def _default_detector(self, pipe, name) -> MisalignmentDetector:
+        """The detector named (a model name or folder), else the one the pipeline's card
+        names, else `feedback.DEFAULT_MODEL`; at the card's eps for it where it has one, on
+        the pipeline's device."""
+        from feedback import DEFAULT_MODEL
+
+        card = self.card
+        name = str(name) if name else (card.detector if card and card.detector else None)
+        name = name or DEFAULT_MODEL
+        eps = card.threshold_for(name) if card is not None else None
+        kw = {"threshold": eps} if eps is not None else {}
+        return MisalignmentDetector.from_pretrained(
+            name, device=getattr(pipe, "device", "cpu"), **kw
+        )
 
     # ------------------------------------------------------------------ tokenizers & encoders
     @property

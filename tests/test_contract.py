@@ -158,3 +158,18 @@ def test_generate_on_a_users_pipeline(fam, sd_tokenizers, tiny_hf_dir, tmp_path,
     assert s["detector"] == str(tiny_hf_dir) or s["detector"].endswith(tiny_hf_dir.name)
     assert s["verifier"] is None and (s["height"], s["width"]) == (32, 32)
     assert row["num_steps"] == own["num_inference_steps"].default
+
+
+def test_the_loops_detector_comes_from_the_card_else_the_real_default(saved):
+    """FeedbackPipeline(pipe): the shipped pipeline's card names its detector and eps (found
+    by path); a user's pipeline without a card gets feedback.DEFAULT_MODEL, which offline is
+    one error naming it."""
+    from feedback import DEFAULT_MODEL
+    from feedback.errors import ModelLoadError
+    from shapesworld.pipelines import LOOP_DETECTOR, load_pipeline, loop_threshold
+
+    fb = FeedbackPipeline(load_pipeline())
+    assert fb.detector.backend.name == LOOP_DETECTOR and fb.verifier is not None
+    assert fb.card is not None and fb.card.threshold_for(LOOP_DETECTOR) == loop_threshold()
+    with pytest.raises(ModelLoadError, match=DEFAULT_MODEL.replace("/", ".")):
+        FeedbackPipeline(saved["sd"])

@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
+from ..registry import DEFAULT_MODEL  # noqa: F401  (the CLI's default --model)
 
-#: The detector when none is named: the CLIP that torchmetrics' CLIPScore and most
-#: text-to-image evaluations use by default (OpenAI ViT-L/14, transformers format), so the
-#: CLIPScore printed beside the words is the number users already compare. The paper's best
-#: family is ViT-H/14 (`--model ViT-H-14 --pretrained laion2b_s32b_b79k`, 2.5 GB).
-DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 #: The offline testbed's detector (ShapesWorld, shipped in the package).
 TESTBED_MODEL = "shapes-tiny"
 PAPER = {"layers": 3, "threshold": -5e-5}
