@@ -18,13 +18,13 @@ class RoundRecord:
     seeds: the seed of each image.
     weights: the per-word weights used (1 = unchanged), aligned with the report's words.
     prompt_a1111 / prompt_compel: the same weights as prompt syntax (for other tools).
-    token_indices: the Attend-and-Excite indices used (positions, start-of-text = 0).
-    phrases / phrase_weights: the prompt's object phrases and the per-phrase guidance weight
-        each had this round (relative to the guidance scale; 0 = no term), "phrase_guidance"
-        only.
+    extra: what the round's strategy recorded beyond these fields (JSON-able): e.g.
+        "token_indices" (attend_and_excite: the indices excited, start-of-text = 0), "phrases" /
+        "phrase_weights" (phrase_guidance: the prompt's object phrases and the per-phrase
+        guidance weight each had, relative to the guidance scale; 0 = no term), "box"
+        (region_fix), "preview_steps" (preview), "reject_at" (early_reject).
     truncated: per text encoder whose window cuts the prompt, the words it never sees (an
         encoder missing here sees every word; e.g. CLIP's 77 tokens vs T5's 256-512).
-    extra: what a strategy recorded beyond these fields.
     p_right: the verifier's P(right) per image (among all the prompt's images up to the last
         round; empty without a verifier).
     steps: denoiser steps the round spent (images x inference steps; a family running
@@ -44,9 +44,6 @@ class RoundRecord:
     weights: list[float]
     prompt_a1111: str
     prompt_compel: str
-    token_indices: list[int] = field(default_factory=list)
-    phrases: list[str] = field(default_factory=list)
-    phrase_weights: list[float] = field(default_factory=list)
     truncated: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     p_right: list[float] = field(default_factory=list)

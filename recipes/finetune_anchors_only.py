@@ -17,7 +17,7 @@ image) and the same optimizer steps as the other recipes, and generates nothing:
 sample, no reward, no feedback. A recipe that learns from its own samples only helps if it
 ends above this row at equal optimizer steps; otherwise its gain is just more training.
 Round loop, validation (`--val-every`), checkpoints and `--resume`: `generation.finetune.
-run_rounds` through `recipes.shapes_rounds`.
+run_rounds` through `recipes.wiring`.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from generation.finetune import Collected, RoundsConfig
+from generation.finetune import Collected, RoundsResult
 from generation.finetune.anchors import folder_anchors
 from generation.finetune.ranges import COUNT
 from recipes.cli import parse_config, run_recipe
-from recipes.shapes_rounds import run_shapes_rounds
+from recipes.wiring import RecipeConfig, run_recipe_rounds
 from shapesworld.data import anchor_source
 
 
 @dataclass
-class AnchorsOnlyConfig(RoundsConfig):
+class AnchorsOnlyConfig(RecipeConfig):
     """Anchor data alone (every field is a command-line flag)."""
 
     output_dir: str = "runs/anchors-only"
@@ -47,7 +47,7 @@ class AnchorsOnlyConfig(RoundsConfig):
     RANGES: ClassVar[dict] = {"anchors_per_round": COUNT}
 
 
-def main(cfg: AnchorsOnlyConfig) -> dict:
+def main(cfg: AnchorsOnlyConfig) -> RoundsResult:
     folder, flag = cfg.anchor_folder
     if not folder and cfg.prompts:
         raise ValueError(
@@ -67,7 +67,7 @@ def main(cfg: AnchorsOnlyConfig) -> dict:
         return Collected(images, captions, 0.0, 0.0, 0)
 
     # anchor_fraction stays 0: every example is already an anchor
-    return run_shapes_rounds(cfg, collect, "anchors-only", anchors=False)
+    return run_recipe_rounds(cfg, collect, "anchors-only", anchors=False)
 
 
 def parse_args(argv=None) -> AnchorsOnlyConfig:

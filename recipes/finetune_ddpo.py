@@ -27,17 +27,16 @@ from typing import ClassVar
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig
-from generation.finetune.policy import group_advantages, policy_objective
+from generation.finetune import Collected, RoundsResult
+from generation.finetune.policy import PolicyConfig, group_advantages, policy_objective
 from generation.finetune.ranges import POSITIVE
 from generation.finetune.sampler import sample_with_logprob
-from recipes.cli import run_recipe
-from recipes.finetune_reward_filtered import check_reward, make_reward, parse_args
-from recipes.shapes_rounds import run_shapes_rounds
+from recipes.cli import parse_config, run_recipe
+from recipes.wiring import RecipeConfig, check_reward, recipe_reward, run_recipe_rounds
 
 
 @dataclass
-class DDPOConfig(RoundsConfig):
+class DDPOConfig(RecipeConfig):
     """DDPO-style fine-tuning (every field is a command-line flag)."""
 
     output_dir: str = "runs/ddpo"
@@ -51,8 +50,17 @@ class DDPOConfig(RoundsConfig):
 
     RANGES: ClassVar[dict] = {"eta": POSITIVE, "clip_range": POSITIVE}
 
+    def policy(self) -> PolicyConfig:
+        """The policy objective's settings (no KL anchor: plain DDPO)."""
+        return PolicyConfig(
+            sample_steps=self.sample_steps,
+            guidance=self.guidance,
+            eta=self.eta,
+            clip_range=self.clip_range,
+        )
 
-def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
+
+def main(cfg: DDPOConfig, name: str = "ddpo") -> RoundsResult:
     check_reward(cfg)
     if cfg.eta <= 0:
         raise ValueError("--eta must be > 0: a deterministic sampler has no log-probabilities")
@@ -60,9 +68,7 @@ def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "reward" not in state:
-            state["reward"] = make_reward(
-                cfg.detector, cfg.reward, pipe.device, cfg.eps, cfg.pipeline
-            )
+            state["reward"] = recipe_reward(cfg, cfg.reward, pipe.device)
         texts = [p for p in prompts for _ in range(cfg.images_per_prompt)]
         tr = sample_with_logprob(
             pipe,
@@ -79,12 +85,19 @@ def main(cfg: DDPOConfig, name: str = "ddpo") -> dict:
             tr.images, texts, float(rewards.mean()), float(rewards.mean()), len(texts), (tr, adv)
         )
 
-    def objective(pipe, got: Collected, gen: torch.Generator, cfg: DDPOConfig):
-        return policy_objective(pipe, got, gen, cfg, kl=getattr(cfg, "kl", 0.0))
+    policy = cfg.policy()
+
+    def objective(pipe, got: Collected, gen: torch.Generator, _rounds_cfg):
+        return policy_objective(pipe, got, gen, policy)
 
     # the policy objective learns from the samples alone: no anchor data
-    return run_shapes_rounds(cfg, collect, name, anchors=False, objective=objective)
+    return run_recipe_rounds(cfg, collect, name, anchors=False, objective=objective)
+
+
+def parse_args(argv=None) -> DDPOConfig:
+    """The recipe's config from the command line (`--help`: every field, `--config FILE`)."""
+    return parse_config(DDPOConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    run_recipe(main, lambda: parse_args(cls=DDPOConfig), threads=2)
+    run_recipe(main, parse_args, threads=2)

@@ -25,14 +25,14 @@ round's mean KL is logged (`kl`). LoRA only (`--rank`); shared pieces:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from generation.finetune import PolicyConfig, RoundsResult
 from generation.finetune.ranges import NONNEG
-from recipes.cli import run_recipe
+from recipes.cli import parse_config, run_recipe
 from recipes.finetune_ddpo import DDPOConfig
 from recipes.finetune_ddpo import main as ddpo_main
-from recipes.finetune_reward_filtered import parse_args
 
 
 @dataclass
@@ -45,10 +45,19 @@ class GRPOConfig(DDPOConfig):
 
     RANGES: ClassVar[dict] = {"kl": NONNEG}
 
+    def policy(self) -> PolicyConfig:
+        """DDPO's settings with the KL anchor `kl`."""
+        return replace(super().policy(), kl=self.kl)
 
-def main(cfg: GRPOConfig) -> dict:
+
+def main(cfg: GRPOConfig) -> RoundsResult:
     return ddpo_main(cfg, name="grpo")
 
 
+def parse_args(argv=None) -> GRPOConfig:
+    """The recipe's config from the command line (`--help`: every field, `--config FILE`)."""
+    return parse_config(GRPOConfig, argv, description=__doc__)
+
+
 if __name__ == "__main__":
-    run_recipe(main, lambda: parse_args(cls=GRPOConfig), threads=2)
+    run_recipe(main, parse_args, threads=2)

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig
-from recipes.cli import run_recipe
-from recipes.finetune_reward_filtered import CLIP_TIE_BREAK, load_detector, parse_args
-from recipes.shapes_rounds import run_shapes_rounds
+from generation.finetune import CLIP_TIE_BREAK, Collected, RoundsResult
+from recipes.cli import parse_config, run_recipe
+from recipes.wiring import RecipeConfig, recipe_detector, run_recipe_rounds
 
 
 @dataclass
-class DistillConfig(RoundsConfig):
+class DistillConfig(RecipeConfig):
     """Loop distillation (every field is a command-line flag)."""
 
     output_dir: str = "runs/loop-distill"
@@ -53,7 +52,7 @@ class DistillConfig(RoundsConfig):
     from the loop's kept image."""
 
 
-def main(cfg: DistillConfig) -> dict:
+def main(cfg: DistillConfig) -> RoundsResult:
     from feedback import FeedbackReward, RewardConfig
     from generation import FeedbackPipeline, LoopConfig
     from generation.finetune.prompts import clean
@@ -64,7 +63,7 @@ def main(cfg: DistillConfig) -> dict:
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "fb" not in state:
-            det = load_detector(cfg.detector, pipe.device, cfg.eps, cfg.pipeline)
+            det = recipe_detector(cfg, pipe.device)
             loop = LoopConfig(
                 strategy=cfg.strategy,
                 max_images=cfg.images_per_prompt,
@@ -75,7 +74,8 @@ def main(cfg: DistillConfig) -> dict:
         fb, fr = state["fb"], state["fr"]
 
         def reward(rep) -> float:
-            # make_reward's value from the loop's own reports: no second scoring of the images.
+            # the f_clip_score reward (`generation.finetune.make_reward`) from the loop's own
+            # reports: no second scoring of the images.
             return fr.image_reward(rep.f_clip_score, rep.clip_score)
 
         images, kept, all_rewards, kept_rewards, made = [], [], [], [], 0
@@ -104,8 +104,13 @@ def main(cfg: DistillConfig) -> dict:
         )
 
     # the loop reads the prompts' weight syntax (FeedbackPipeline parses it)
-    return run_shapes_rounds(cfg, collect, "loop-distill", keep_syntax=True)
+    return run_recipe_rounds(cfg, collect, "loop-distill", keep_syntax=True)
+
+
+def parse_args(argv=None) -> DistillConfig:
+    """The recipe's config from the command line (`--help`: every field, `--config FILE`)."""
+    return parse_config(DistillConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    run_recipe(main, lambda: parse_args(cls=DistillConfig), threads=2)
+    run_recipe(main, parse_args, threads=2)

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generation.finetune import Collected, RoundsConfig, sample_round
+from generation.finetune import Collected, RoundsResult, sample_round
 from recipes.cli import parse_config, run_recipe
-from recipes.finetune_reward_filtered import load_detector
-from recipes.shapes_rounds import run_shapes_rounds
+from recipes.wiring import RecipeConfig, recipe_detector, run_recipe_rounds
 from shapesworld.vocabulary import COLORS, SHAPES, SIZES
 
 RELABEL_BY = ("detector", "clip_score", "oracle")
@@ -53,7 +52,7 @@ CLASSES = {
 
 
 @dataclass
-class RelabelConfig(RoundsConfig):
+class RelabelConfig(RecipeConfig):
     """Hindsight relabeling (every field is a command-line flag)."""
 
     output_dir: str = "runs/relabel"
@@ -94,7 +93,7 @@ def candidate_classes(cfg: RelabelConfig) -> dict[str, list[str]]:
     return read_candidates(cfg.candidates) if cfg.candidates else CLASSES
 
 
-def main(cfg: RelabelConfig) -> dict:
+def main(cfg: RelabelConfig) -> RoundsResult:
     from generation.finetune.relabel import relabel
     from shapesworld.generated import label_generated
 
@@ -103,7 +102,7 @@ def main(cfg: RelabelConfig) -> dict:
 
     def collect(pipe, prompts, seeds) -> Collected:
         if "det" not in state:
-            state["det"] = load_detector(cfg.detector, pipe.device, cfg.eps, cfg.pipeline)
+            state["det"] = recipe_detector(cfg, pipe.device)
         det = state["det"]
         s = sample_round(
             pipe,
@@ -134,7 +133,7 @@ def main(cfg: RelabelConfig) -> dict:
             len(s.prompts),
         )
 
-    return run_shapes_rounds(cfg, collect, "relabel")
+    return run_recipe_rounds(cfg, collect, "relabel")
 
 
 def parse_args(argv=None) -> RelabelConfig:

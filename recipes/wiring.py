@@ -1,31 +1,58 @@
-"""The recipes' wiring of the fine-tuning trainer (`generation.finetune.run_rounds`, which
-knows nothing of ShapesWorld): by default ShapesWorld (the shipped pipeline by name, each
-round's training prompts, the validation split judged by the pixel oracle, rendered anchor
-scenes); with `--prompts FILE` the user's own prompts (cycled in a seeded shuffle, a held-out
-slice or `--validation-prompts FILE` validated by the detector's reward) and, with
+"""The recipes' wiring of the fine-tuning library (`generation.finetune`: the round loop
+`run_rounds` and the rewards, which know nothing of ShapesWorld): by default ShapesWorld (the
+shipped pipeline by name, each round's training prompts, the validation split judged by the
+pixel oracle, rendered anchor scenes, the shipped detector `shapes-tiny-gen`, the oracle
+rewards); with `--prompts FILE` the user's own prompts (cycled in a seeded shuffle, a
+held-out slice or `--validation-prompts FILE` validated by the detector's reward, the real
+CLIP `feedback.cli.options.DEFAULT_MODEL` unless `--detector` names another) and, with
 `--anchors DIR`, their own anchor pairs.
 
 The oracle on validation prompts plays the part of a user's small labelled validation set:
 it picks the round to keep, and the benchmark's test prompts (another seed) are judged once,
 at the end. Without an oracle (your prompts) the validation score is the mean F-CLIPScore
-reward (`recipes.finetune_reward_filtered.make_reward`)."""
+reward (`recipe_reward`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from generation.finetune import Collected, RoundsConfig, reward_validator, run_rounds
+from feedback.cli.options import DEFAULT_MODEL
+from generation.finetune import (
+    Collected,
+    RoundsConfig,
+    RoundsResult,
+    reward_validator,
+    run_rounds,
+)
+from generation.finetune import rewards as lib_rewards
 from shapesworld.data import anchor_source
 from shapesworld.pipelines import (
     FINETUNE_SEED,
     FINETUNE_VALIDATION_SEED,
+    PIPELINE_NAME,
     judge_tensor,
     load_pipeline,
     pipeline_path,
     prompt_set,
 )
+
+#: The detector with ShapesWorld prompts (shipped, tuned on the shipped pipeline's images).
+SHAPES_DETECTOR = "shapes-tiny-gen"
+
+
+@dataclass
+class RecipeConfig(RoundsConfig):
+    """`RoundsConfig` with the recipes' default detector: an empty `detector` becomes
+    `SHAPES_DETECTOR` with ShapesWorld prompts, `DEFAULT_MODEL` (the real CLIP) with
+    `--prompts` (no fields of its own: the flags are `RoundsConfig`'s)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.detector:
+            self.detector = DEFAULT_MODEL if self.prompts else SHAPES_DETECTOR
 
 
 def shipped_loader(name: str):
@@ -100,20 +127,97 @@ def oracle_validator(cfg: RoundsConfig):
     )
 
 
+def oracle_word_shares(images: torch.Tensor, prompts: list[str]) -> list[float]:
+    """(N,) the share of each prompt's judged words the pixel oracle finds right in its image
+    (0 when it judges none)."""
+    share = []
+    for im, p in zip(images, prompts):
+        v = [w.correct for w in judge_tensor(im, p).words if w.correct is not None]
+        share.append(sum(v) / len(v) if v else 0.0)
+    return share
+
+
+#: ShapesWorld's ground-truth rewards (`make_reward`'s verdicts): the pixel oracle's verdict on
+#: the whole prompt, and the share of the prompt's words it finds right.
+ORACLES = {"oracle": oracle_verdicts, "oracle_dense": oracle_word_shares}
+#: The recipes' `--reward` values: the detector's (`generation.finetune.rewards.REWARDS`) and
+#: ShapesWorld's oracles.
+REWARDS = (*lib_rewards.REWARDS, *ORACLES)
+
+
+def check_reward(cfg) -> None:
+    """`cfg.reward` is known, and an oracle reward comes with ShapesWorld prompts."""
+    if cfg.reward not in REWARDS:
+        raise ValueError(f"--reward must be one of {REWARDS}, got {cfg.reward!r}")
+    if cfg.reward.startswith("oracle") and cfg.prompts:
+        raise ValueError(
+            f"--reward {cfg.reward} is ShapesWorld's pixel oracle: it judges ShapesWorld "
+            "prompts only; with --prompts use f_clip_score, regions or clip_score"
+        )
+
+
+def pipeline_folder(name: str | None) -> str:
+    """The folder of a shipped pipeline's name (None or empty: the shipped default), else
+    `name` itself (a folder or a hub id): where `generation.finetune.rewards.card_eps` looks
+    for the card."""
+    name = name or PIPELINE_NAME
+    try:
+        return str(pipeline_path(name))
+    except FileNotFoundError:
+        return name
+
+
+def _default_detector_loads(cfg: RoundsConfig, load: Callable):
+    """`load()`; when it fails for the default CLIP that `--prompts` brings (offline, it is not
+    cached), one line that names a detector to pass instead."""
+    from feedback.errors import Clip4dmError
+
+    try:
+        return load()
+    except (Clip4dmError, OSError) as e:
+        if not (cfg.prompts and cfg.detector == DEFAULT_MODEL):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"--detector {DEFAULT_MODEL} (the default with --prompts) does not load: {first}; "
+            f"name one that does: a local CLIP folder, or --detector {SHAPES_DETECTOR} "
+            "(ShapesWorld's shipped detector, which knows ShapesWorld's words only)"
+        ) from None
+
+
+def recipe_detector(cfg: RoundsConfig, device):
+    """The detector `cfg.detector` at `cfg.eps` (else the eps the trained pipeline's card
+    calibrated for it: `generation.finetune.rewards.load_detector`)."""
+    return _default_detector_loads(
+        cfg,
+        lambda: lib_rewards.load_detector(
+            cfg.detector, device, cfg.eps, pipeline_folder(cfg.pipeline)
+        ),
+    )
+
+
+def recipe_reward(cfg: RoundsConfig, which: str, device):
+    """`generation.finetune.rewards.make_reward` on `cfg.detector` (threshold as for
+    `recipe_detector`), with ShapesWorld's oracle rewards (`ORACLES`) among the choices."""
+    return _default_detector_loads(
+        cfg,
+        lambda: lib_rewards.make_reward(
+            cfg.detector, which, device, cfg.eps, pipeline_folder(cfg.pipeline), verdicts=ORACLES
+        ),
+    )
+
+
 def detector_validator(cfg: RoundsConfig, prompts: list[str]):
     """Mean reward of one image per validation prompt (weight syntax removed), the reward
-    being the recipes' F-CLIPScore (`make_reward`, loaded on first use on the pipeline's
+    being the recipes' F-CLIPScore (`recipe_reward`, loaded on first use on the pipeline's
     device)."""
     from generation.finetune.prompts import clean
-    from recipes.finetune_reward_filtered import make_reward
 
     state: dict = {}
 
     def reward(images, texts):
         if "r" not in state:
-            state["r"] = make_reward(
-                cfg.detector, "f_clip_score", images.device, eps=cfg.eps, pipeline=cfg.pipeline
-            )
+            state["r"] = recipe_reward(cfg, "f_clip_score", images.device)
         return state["r"](images, texts)
 
     return reward_validator(
@@ -125,7 +229,7 @@ def detector_validator(cfg: RoundsConfig, prompts: list[str]):
     )
 
 
-def run_shapes_rounds(
+def run_recipe_rounds(
     cfg: RoundsConfig,
     collect: Callable[..., Collected],
     name: str,
@@ -133,7 +237,7 @@ def run_shapes_rounds(
     anchors: bool = True,
     keep_syntax: bool = False,
     **kwargs,
-) -> dict:
+) -> RoundsResult:
     """`run_rounds` with the recipes' wiring: the pipeline `cfg.pipeline` (a shipped name or a
     folder or model id), the training prompts (`training_prompts`: `cfg.prompts` or
     ShapesWorld's), validation when `cfg.val_every` is set (the oracle on ShapesWorld, the

@@ -219,7 +219,7 @@ def test_attend_and_excite_indices_and_run(sd_pipe, tokenizer, tiny_open_clip_di
     out = fb(PROMPT, output_type="pt", **GEN)
     h = out.history[0]
     assert [r.fix for r in h.rounds] == ["plain", "attend_and_excite"]
-    assert h.rounds[1].token_indices and 0 not in h.rounds[1].token_indices
+    assert h.rounds[1].extra["token_indices"] and 0 not in h.rounds[1].extra["token_indices"]
     assert {k: type(v) for k, v in sd_pipe.unet.attn_processors.items()} == before
 
 
@@ -386,21 +386,25 @@ def test_phrase_guidance_loop(sd_pipe, tiny_open_clip_dir):
     )
     assert sd_pipe.unet.forward == inner
     two, one = out.history
-    assert two.rounds[0].phrases == ["a small red circle", "a blue square"]
-    assert two.rounds[0].phrase_weights == [0.0, 0.0] and two.rounds[0].fix == "plain"
+    assert two.rounds[0].extra["phrases"] == ["a small red circle", "a blue square"]
+    assert two.rounds[0].extra["phrase_weights"] == [0.0, 0.0] and two.rounds[0].fix == "plain"
     for prev, cur in zip(two.rounds, two.rounds[1:]):
         flagged = [w for w in prev.reports[0].words if w.misaligned]
         assert flagged
         assert cur.fix == "phrase_guidance"
         raised = [
-            k for k, (a, b) in enumerate(zip(prev.phrase_weights, cur.phrase_weights)) if b > a
+            k
+            for k, (a, b) in enumerate(
+                zip(prev.extra["phrase_weights"], cur.extra["phrase_weights"])
+            )
+            if b > a
         ]
         reweighted = [i for i, (a, b) in enumerate(zip(prev.weights, cur.weights)) if b > a]
         # each round raises a phrase (attribute words) or re-weights a word between phrases
         assert raised or reweighted
-        assert all(w <= cfg.strategy.max_weight for w in cur.phrase_weights)
+        assert all(w <= cfg.strategy.max_weight for w in cur.extra["phrase_weights"])
     # one phrase: the global fix is already local, so the loop re-weights
-    assert one.rounds[0].phrases == ["a cyan cross"]
+    assert one.rounds[0].extra["phrases"] == ["a cyan cross"]
     assert [r.fix for r in one.rounds] == ["plain", "reweight", "reweight"]
     with pytest.raises(ValueError, match="guidance_scale > 1"):
         FeedbackPipeline(sd_pipe, det, cfg)(TWO, **{**GEN, "guidance_scale": 1.0})

@@ -70,9 +70,3 @@ def save_lora(unet, directory: str | Path) -> Path:
     layers = {k: v.detach().float().cpu().contiguous() for k, v in lora_state(unet).items()}
     StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers)
     return directory / "pytorch_lora_weights.safetensors"
-
-
-def load_lora_into(pipe, directory: str | Path):
-    """Load a saved LoRA into a pipeline with stock diffusers (and return the pipeline)."""
-    pipe.load_lora_weights(str(directory))
-    return pipe

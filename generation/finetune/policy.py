@@ -6,6 +6,8 @@ while it climbs the reward."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .sampler import ddim_scheduler, ddim_step_logprob, ddim_step_mean, guided_eps, step_kl
@@ -18,9 +20,27 @@ def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
     return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).flatten()
 
 
-def policy_objective(pipe, got, gen: torch.Generator, cfg, *, kl: float = 0.0):
-    """(number of items, loss_fn(unet, idx)) for `run_rounds`; `got.payload` is
-    (Trajectories, advantages). `loss_fn` records the minibatch's mean KL in `loss_fn.kl`."""
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy objective's settings (a recipe builds one from its own config)."""
+
+    sample_steps: int = 20
+    """Denoising steps of the sampler that recorded the trajectories."""
+    guidance: float = 4.0
+    """Classifier-free guidance scale the trajectories were sampled at."""
+    eta: float = 1.0
+    """DDIM stochasticity of the sampling policy (> 0)."""
+    clip_range: float = 1e-4
+    """PPO ratio clip."""
+    kl: float = 0.0
+    """Weight of the per-step KL to the frozen base policy (0: plain DDPO)."""
+
+
+def policy_objective(pipe, got, gen: torch.Generator, cfg: PolicyConfig):
+    """(number of items, loss_fn(unet, idx)) for `run_rounds` (bind `cfg`: run_rounds passes
+    its own `RoundsConfig` as the fourth argument); `got.payload` is (Trajectories,
+    advantages). `loss_fn` records the minibatch's mean KL in `loss_fn.kl`."""
+    kl = cfg.kl
     tr, adv = got.payload
     sched = ddim_scheduler(pipe, cfg.sample_steps)
     n = len(adv)

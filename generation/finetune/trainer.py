@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,10 +37,11 @@ class RoundsConfig:
     pipeline: str = "shapes-sd-tiny"
     """The pipeline to fine-tune: a diffusers folder or model id (the ShapesWorld recipes also
     take a shipped name)."""
-    detector: str = "shapes-tiny-gen"
+    detector: str = ""
     """The CLIP4DM detector: any name `feedback.MisalignmentDetector.from_pretrained` accepts
-    (e.g. ViT-B-32, an open_clip hub id) or a local folder. The default is ShapesWorld's: with
-    your own prompts, name a CLIP that knows their words."""
+    (e.g. ViT-B-32, an open_clip hub id) or a local folder. Empty = the recipe's default:
+    ShapesWorld's shipped shapes-tiny-gen with ShapesWorld prompts, the real CLIP
+    openai/clip-vit-large-patch14 with --prompts (offline: name a local one)."""
     eps: float | None = None
     """The detector's threshold (a word is flagged below it). Default: when the shipped
     ShapesWorld pipeline is trained, the loop eps its card calibrated for the detector; else
@@ -196,13 +197,14 @@ def _trim_log(path: Path, start: int) -> list[dict]:
     return [json.loads(x) for x in kept]
 
 
-def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
-    """The pipeline to train: `pipeline` itself (moved to `device`), what `pipeline(device)`
-    returns, or `DiffusionPipeline.from_pretrained(cfg.pipeline)`. Only pipelines whose
-    denoiser is a UNet conditioned on one text encoder (SD 1.x/2.x) are trained; anything else
-    is refused naming its family."""
+def _resolve_pipeline(pipeline, cfg: RoundsConfig, device):
+    """(the pipeline `run_rounds` trains, whether the caller lent it): `pipeline` itself, what
+    `pipeline(device)` returns, or `DiffusionPipeline.from_pretrained(cfg.pipeline)`. Only
+    pipelines whose denoiser is a UNet conditioned on one text encoder (SD 1.x/2.x) are
+    trained; anything else is refused naming its family."""
     from generation.adapters import adapter_for
 
+    lent = False
     if pipeline is None:
         from diffusers import DiffusionPipeline
 
@@ -213,19 +215,92 @@ def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
     elif callable(pipeline) and not hasattr(pipeline, "components"):
         pipe = pipeline(str(device))
     else:
-        pipe = pipeline
+        pipe, lent = pipeline, True
     family = adapter_for(pipe)  # refused before anything is moved or trained
     if family.family != "sd":
         raise ValueError(
             f"the fine-tuning recipes train SD 1.x/2.x pipelines (a UNet on one CLIP text "
             f"encoder); {type(pipe).__name__} is {family.title}"
         )
-    # fp32 weights to train (mixed precision comes from `accelerate launch`); a pipeline
-    # already there is not moved again (diffusers warns on every such move)
+    return pipe, lent
+
+
+def _ready_to_train(pipe, device):
+    """fp32 weights to train (mixed precision comes from `accelerate launch`) on `device`, no
+    progress bars; a pipeline already there is not moved again (diffusers warns on every
+    such move)."""
     if pipe.dtype != torch.float32 or pipe.device != torch.device(device):
         pipe = pipe.to(device=device, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_pipeline_for(pipeline, cfg: RoundsConfig, device):
+    """The pipeline to train (`pipeline` itself, what `pipeline(device)` returns, or
+    `DiffusionPipeline.from_pretrained(cfg.pipeline)`; SD 1.x/2.x only), in fp32 on `device`
+    with its progress bars off."""
+    return _ready_to_train(_resolve_pipeline(pipeline, cfg, device)[0], device)
+
+
+class _LentPipeline:
+    """What `run_rounds` changes on a pipeline the caller lent it, recorded before and put
+    back after: each component's device and dtype, parameters' `requires_grad`, modules'
+    train/eval mode, the progress-bar config, and the UNet itself (the LoRA adapters added
+    are unloaded; fully trained weights are restored from the frozen copy)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.modules = {
+            name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)
+        }
+        self.placement = {}
+        for name, m in self.modules.items():
+            first = next(iter(m.parameters()), None)
+            if first is not None:
+                self.placement[name] = (first.device, first.dtype)
+        self.grads = {
+            (name, k): p.requires_grad
+            for name, m in self.modules.items()
+            for k, p in m.named_parameters()
+        }
+        self.modes = {
+            (name, k): sub.training
+            for name, m in self.modules.items()
+            for k, sub in m.named_modules()
+        }
+        self.progress = (
+            dict(pipe._progress_bar_config) if hasattr(pipe, "_progress_bar_config") else None
+        )
+        self.adapters = set(getattr(pipe.unet, "peft_config", None) or {})
+
+    def restore(self) -> None:
+        from .trainable import _REFERENCES
+
+        pipe, unet = self.pipe, self.pipe.unet
+        added = set(getattr(unet, "peft_config", None) or {}) - self.adapters
+        if added and not self.adapters:
+            unet.unload_lora()  # the LoRA layers go: the UNet's modules are its own again
+        elif added:
+            unet.delete_adapters(sorted(added))
+        ref = _REFERENCES.pop(unet, None)
+        if ref is not None:  # trained whole: its weights from the copy taken before training
+            with torch.no_grad():
+                unet.load_state_dict(ref.state_dict())
+        for name, (device, dtype) in self.placement.items():
+            m = self.modules[name]
+            first = next(iter(m.parameters()), None)
+            if first is not None and (first.device, first.dtype) != (device, dtype):
+                m.to(device=device, dtype=dtype)
+        for name, m in self.modules.items():
+            for k, p in m.named_parameters():
+                p.requires_grad_(self.grads.get((name, k), p.requires_grad))
+            for k, sub in m.named_modules():
+                sub.training = self.modes.get((name, k), sub.training)
+        if self.progress is None:
+            if hasattr(pipe, "_progress_bar_config"):
+                del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = self.progress
 
 
 def _image_size(pipe) -> tuple[int, int]:
@@ -259,6 +334,131 @@ def denoising_objective(pipe, got: Collected, gen: torch.Generator, cfg: RoundsC
     return len(latents), loss_fn
 
 
+@dataclass
+class RoundsResult:
+    """What `run_rounds` returns (`to_dict()`: the flat record the recipes print)."""
+
+    rounds_done: int
+    process_index: int
+    num_processes: int
+    lora_digest: str
+    """Digest of whatever was trained (the LoRA or the whole UNet): ranks must agree."""
+    last_round: dict = field(default_factory=dict)
+    """The last round's log record (empty when no round ran: a resumed finished run)."""
+    best_round: int | None = None
+    """With validation: the best validated round (-1: the base), else None."""
+    best_val: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {
+            **self.last_round,
+            "process_index": self.process_index,
+            "num_processes": self.num_processes,
+            "rounds_done": self.rounds_done,
+            "lora_digest": self.lora_digest,
+        }
+        if self.best_round is not None:
+            d.update(best_round=self.best_round, best_val=self.best_val)
+        return d
+
+
+@dataclass
+class _Run:
+    """One run's state, shared by its stages (`run_rounds`: sample, select, train, validate,
+    save)."""
+
+    cfg: RoundsConfig
+    accelerator: object
+    pipe: object
+    unet: torch.nn.Module  # the prepared module: training forwards go through it
+    opt: torch.optim.Optimizer
+    out: Path
+    validate: Validator | None
+    vals: list[dict]
+    log: object
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def seed(self, r: int) -> int:
+        """Every random draw is seeded by (seed, round, process): a resumed run repeats
+        exactly."""
+        return (
+            10_000_000 * (self.cfg.seed + 1) + 100_000 * r + 1000 * self.accelerator.process_index
+        )
+
+    def sample(self, r: int, prompts_for, collect) -> tuple[list[str], Collected]:
+        """The round's prompts (this process's) and what the recipe collected from them."""
+        cfg, base = self.cfg, self.seed(r)
+        self.pipe.unet.eval()
+        drawn = prompts_for(r, self.accelerator.process_index)
+        return drawn, collect(
+            self.pipe,
+            drawn,
+            list(range(base, base + cfg.images_per_prompt * cfg.prompts_per_round)),
+        )
+
+    def train(self, got: Collected, objective, gen, rng) -> tuple[list[float], Callable]:
+        """`cfg.steps_per_round` optimizer steps (times the accumulation) on random minibatches
+        of the objective's items; (the losses, the loss function)."""
+        cfg, accelerator = self.cfg, self.accelerator
+        n_items, loss_fn = objective(self.pipe, got, gen, cfg)
+        self.pipe.unet.train()
+        losses = []
+        for _ in range(cfg.steps_per_round * cfg.gradient_accumulation_steps):
+            idx = torch.from_numpy(rng.choice(n_items, size=min(cfg.batch_size, n_items)))
+            with accelerator.accumulate(self.unet):
+                loss = loss_fn(self.unet, idx)
+                accelerator.backward(loss)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, loss_fn
+
+    def validation(self, r: int) -> dict:
+        """Validate after round r (-1: the base), keep the weights if they are the best yet."""
+        self.pipe.unet.eval()
+        score = float(self.validate(self.pipe))
+        vals = self.vals
+        best = not vals or score > max(v["val"] for v in vals)  # ties keep the earlier round
+        rec = {"round": r, "val": score, "best": best}
+        vals.append(rec)
+        if best:
+            save_trained(
+                self.accelerator.unwrap_model(self.unet), self.cfg.train, self.out / "best"
+            )
+            (self.out / "best.json").write_text(json.dumps(rec))
+        with open(self.out / "validation.jsonl", "a") as f:  # after the weights: a kill in
+            f.write(json.dumps(rec) + "\n")  # between re-validates
+        return rec
+
+    def save(self, r: int, rec: dict) -> None:
+        """The round's log line, then the checkpoint, then the round's weights."""
+        if self.main:  # the log line first: a kill before the checkpoint only repeats the round
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+        _save_checkpoint(self.accelerator, self.out, r + 1)
+        if self.main:
+            save_trained(
+                self.accelerator.unwrap_model(self.unet),
+                self.cfg.train,
+                self.out / self.cfg.result_name,
+            )
+
+
+def _select(cfg: RoundsConfig, got: Collected, objective, anchors, rng):
+    """What the round learns from: the collected images, with `cfg.anchor_fraction` of anchor
+    pairs mixed in for the denoising objective; (collected, kept, anchors mixed in, their
+    captions)."""
+    kept = len(got.prompts)
+    n_anchor, anchor_captions = 0, []
+    if cfg.anchor_fraction > 0 and objective is denoising_objective:
+        got, n_anchor = with_anchors(got, anchors, cfg.anchor_fraction, rng)
+        anchor_captions = got.prompts[kept:]
+    return got, kept, n_anchor, anchor_captions
+
+
 def run_rounds(
     cfg: RoundsConfig,
     collect: Callable[..., Collected],
@@ -269,7 +469,7 @@ def run_rounds(
     *,
     pipeline=None,
     validate: Validator | None = None,
-) -> dict:
+) -> RoundsResult:
     """Run `cfg.rounds` rounds (from the checkpoint with `cfg.resume`).
 
     collect(pipe, prompts, seeds): the round's images to learn from (seeds: one per image the
@@ -287,12 +487,25 @@ def run_rounds(
     validate(pipe) -> score (higher is better; `generation.finetune.reward_validator`): run by
         the main process on the base and every `cfg.val_every` rounds; the best round's weights
         are kept in OUTPUT/best and each score in OUTPUT/validation.jsonl.
-    Returns the last round's log record with the run's `lora_digest` (the digest of whatever
-    was trained), and with validation `best_round` (-1: the base) and `best_val`.
+    Returns a `RoundsResult`: the last round's log record, the run's `lora_digest` (the digest
+    of whatever was trained), and with validation `best_round` (-1: the base) and `best_val`.
+
+    A pipeline object lent as `pipeline` is given back as it was found (device and dtype,
+    `requires_grad`, train/eval modes, progress-bar config, no LoRA added, its own weights);
+    the result is on disk (OUTPUT/lora or OUTPUT/unet, OUTPUT/best). The process's torch
+    thread count, set to `cfg.threads` while it runs, is put back too.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_rounds(cfg, collect, prompts_for, name, objective, anchors, pipeline, validate)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_rounds(cfg, collect, prompts_for, name, objective, anchors, pipeline, validate):
     from accelerate import Accelerator
 
-    torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -303,7 +516,21 @@ def run_rounds(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    pipe = load_pipeline_for(pipeline, cfg, accelerator.device)
+    pipe, lent = _resolve_pipeline(pipeline, cfg, accelerator.device)
+    found = _LentPipeline(pipe) if lent else None
+    try:
+        pipe = _ready_to_train(pipe, accelerator.device)
+        return _train_rounds(
+            cfg, accelerator, pipe, out, collect, prompts_for, name, objective, anchors, validate
+        )
+    finally:
+        if found is not None:
+            found.restore()
+
+
+def _train_rounds(
+    cfg, accelerator, pipe, out, collect, prompts_for, name, objective, anchors, validate
+) -> RoundsResult:
     folder, flag = cfg.anchor_folder
     if folder:
         anchors = folder_anchors(folder, _image_size(pipe), flag)
@@ -330,84 +557,49 @@ def run_rounds(
         _trim_log(log_path, start)
         vals = _trim_log(val_path, start)
     log = open(log_path, "a") if main else None
-
-    def validation(r: int) -> dict:
-        """Validate after round r (-1: the base), keep the weights if they are the best yet."""
-        pipe.unet.eval()
-        score = float(validate(pipe))
-        best = not vals or score > max(v["val"] for v in vals)  # ties keep the earlier round
-        rec = {"round": r, "val": score, "best": best}
-        vals.append(rec)
-        if best:
-            save_trained(accelerator.unwrap_model(unet), cfg.train, out / "best")
-            (out / "best.json").write_text(json.dumps(rec))
-        with open(val_path, "a") as f:  # after the weights: a kill in between re-validates
-            f.write(json.dumps(rec) + "\n")
-        return rec
-
-    if main and cfg.val_every and not vals:  # (val_every without a validator raised above)
-        validation(-1)
-    n_img = cfg.prompts_per_round * cfg.images_per_prompt
-    rec: dict = {}
-    for r in tqdm(range(start, cfg.rounds), desc=name, disable=not main):
-        t0 = time.perf_counter()
-        # Every random draw is seeded by (seed, round, process): a resumed run repeats exactly.
-        base = 10_000_000 * (cfg.seed + 1) + 100_000 * r + 1000 * rank
-        pipe.unet.eval()
-        drawn = prompts_for(r, rank)
-        got = collect(pipe, drawn, list(range(base, base + n_img)))
-        gen = torch.Generator().manual_seed(base)
-        rng = np.random.default_rng([cfg.seed, r, rank])
-        losses = []
-        kept = len(got.prompts)
-        n_anchor, anchor_captions = 0, []
-        if cfg.anchor_fraction > 0 and objective is denoising_objective:
-            got, n_anchor = with_anchors(got, anchors, cfg.anchor_fraction, rng)
-            anchor_captions = got.prompts[kept:]
-        n_items, loss_fn = objective(pipe, got, gen, cfg)
-        pipe.unet.train()
-        for _ in range(cfg.steps_per_round * cfg.gradient_accumulation_steps):
-            idx = torch.from_numpy(rng.choice(n_items, size=min(cfg.batch_size, n_items)))
-            with accelerator.accumulate(unet):
-                loss = loss_fn(unet, idx)
-                accelerator.backward(loss)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        rec = {
-            "round": r,
-            "reward_all": got.reward_all,
-            "reward_kept": got.reward_kept,
-            "kept": kept,
-            "anchors": n_anchor,
-            "anchor_share": round(n_anchor / max(kept + n_anchor, 1), 4),
-            "generated": got.generated,
-            "loss": float(np.mean(losses)) if losses else None,
-            **({"kl": float(np.mean(loss_fn.kl))} if getattr(loss_fn, "kl", None) else {}),
-            "seconds": round(time.perf_counter() - t0, 2),
-            # what the round drew (this process's): an audit of the prompt and anchor sources
-            "prompts": list(drawn),
-            **({"anchor_captions": anchor_captions} if n_anchor else {}),
-        }
-        due = cfg.val_every and ((r + 1) % cfg.val_every == 0 or r + 1 == cfg.rounds)
-        if main and due:
-            rec["val"] = validation(r)["val"]
-            rec["seconds"] = round(time.perf_counter() - t0, 2)  # validation included
-        if main:  # the log line first: a kill before the checkpoint only repeats the round
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        _save_checkpoint(accelerator, out, r + 1)
-        if main:
-            save_trained(accelerator.unwrap_model(unet), cfg.train, out / cfg.result_name)
-    if log is not None:
-        log.close()
-    rec.update(
+    run = _Run(cfg, accelerator, pipe, unet, opt, out, validate, vals, log)
+    try:
+        if main and cfg.val_every and not vals:  # (val_every without a validator raised above)
+            run.validation(-1)
+        rec: dict = {}
+        for r in tqdm(range(start, cfg.rounds), desc=name, disable=not main):
+            t0 = time.perf_counter()
+            drawn, got = run.sample(r, prompts_for, collect)
+            gen = torch.Generator().manual_seed(run.seed(r))
+            rng = np.random.default_rng([cfg.seed, r, rank])
+            got, kept, n_anchor, anchor_captions = _select(cfg, got, objective, anchors, rng)
+            losses, loss_fn = run.train(got, objective, gen, rng)
+            rec = {
+                "round": r,
+                "reward_all": got.reward_all,
+                "reward_kept": got.reward_kept,
+                "kept": kept,
+                "anchors": n_anchor,
+                "anchor_share": round(n_anchor / max(kept + n_anchor, 1), 4),
+                "generated": got.generated,
+                "loss": float(np.mean(losses)) if losses else None,
+                **({"kl": float(np.mean(loss_fn.kl))} if getattr(loss_fn, "kl", None) else {}),
+                "seconds": round(time.perf_counter() - t0, 2),
+                # what the round drew (this process's): an audit of the prompt and anchor sources
+                "prompts": list(drawn),
+                **({"anchor_captions": anchor_captions} if n_anchor else {}),
+            }
+            due = cfg.val_every and ((r + 1) % cfg.val_every == 0 or r + 1 == cfg.rounds)
+            if main and due:
+                rec["val"] = run.validation(r)["val"]
+                rec["seconds"] = round(time.perf_counter() - t0, 2)  # validation included
+            run.save(r, rec)
+    finally:
+        if log is not None:
+            log.close()
+    result = RoundsResult(
+        rounds_done=cfg.rounds,
         process_index=rank,
         num_processes=world,
-        rounds_done=cfg.rounds,
         lora_digest=trained_digest(accelerator.unwrap_model(unet), cfg.train),
+        last_round=rec,
     )
     if vals:
         best = max(vals, key=lambda v: (v["val"], -v["round"]))
-        rec.update(best_round=best["round"], best_val=best["val"])
-    return rec
+        result.best_round, result.best_val = best["round"], best["val"]
+    return result

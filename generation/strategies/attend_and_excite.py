@@ -66,6 +66,6 @@ class AttendAndExciteStrategy(Strategy):
         return RoundPlan(
             "attend_and_excite",
             reuse_seeds=not self.config.reseed,
-            token_indices=indices,
             generate=generate,
+            extra={"token_indices": list(indices)},
         )

@@ -36,12 +36,12 @@ class RoundPlan:
     fix: the name recorded for the round ("plain", "resample", "reweight", ...).
     weights: per detector word (1 = unchanged); None = the plain prompt string.
     reuse_seeds: True = the kept image's seed again (the fix is the only change), else new seeds.
-    token_indices / phrases / phrase_weights: what the fix acted on (recorded with the round).
     context: called with the loop state, returns a context manager the pipeline call runs in
         (e.g. a denoiser wrapper).
     generate: called with (state, generators) instead of the adapter's plain call (e.g. a
         different pipeline over the same modules); returns (n, 3, H, W) images in [0, 1].
-    extra: anything else worth recording (JSON-able), kept in `RoundRecord.extra`.
+    extra: what the fix acted on and anything else worth recording (JSON-able), kept in
+        `RoundRecord.extra` (e.g. "token_indices", "phrases", "phrase_weights", "box").
     seeds: this round's seeds (one image each), instead of the loop's next ones.
     n: images this round, instead of `samples_per_round`.
     call_kw: pipeline call arguments for this round only (e.g. fewer `num_inference_steps`).
@@ -53,9 +53,6 @@ class RoundPlan:
     fix: str = "plain"
     weights: list[float] | None = None
     reuse_seeds: bool = False
-    token_indices: list[int] = field(default_factory=list)
-    phrases: list[str] = field(default_factory=list)
-    phrase_weights: list[float] = field(default_factory=list)
     context: Callable[[LoopState], AbstractContextManager] | None = None
     generate: Callable[..., Any] | None = None
     extra: dict = field(default_factory=dict)

@@ -43,14 +43,16 @@ class PhraseGuidanceStrategy(Strategy):
 
     def first(self, state):
         phrases = [p.text for p in split_phrases(state.prompt)]
-        return RoundPlan("plain", phrases=phrases, phrase_weights=[0.0] * len(phrases))
+        return RoundPlan(
+            "plain", extra={"phrases": phrases, "phrase_weights": [0.0] * len(phrases)}
+        )
 
     def next(self, state):
         cfg, opt = self.config, self.options
         chosen = state.chosen
         flags = [w.misaligned for w in chosen.words]
         phrases = split_phrases(state.prompt)
-        pweights = list(state.last.phrase_weights)
+        pweights = list(state.last.extra.get("phrase_weights", []))
         if len(pweights) != len(phrases):  # the last round was a fresh sample (the card's gate)
             pweights = [0.0] * len(phrases)
         fix, reweight = "reweight", flags
@@ -88,7 +90,6 @@ class PhraseGuidanceStrategy(Strategy):
             fix,
             weights=weights,
             reuse_seeds=not cfg.reseed,
-            phrases=texts,
-            phrase_weights=pweights,
+            extra={"phrases": texts, "phrase_weights": list(pweights)},
             context=context,
         )

@@ -109,7 +109,11 @@ class RegionFixStrategy(Strategy):
         return RoundPlan(
             "region_fix",
             reuse_seeds=not self.config.reseed,
-            phrases=[rep.phrases[word.phrase].text] if word.phrase is not None else [],
             generate=generate,
-            extra={"box": list(box), "word": word.word, "reason": word.reason},
+            extra={
+                "box": list(box),
+                "word": word.word,
+                "reason": word.reason,
+                "phrases": [rep.phrases[word.phrase].text] if word.phrase is not None else [],
+            },
         )
