@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import InputError
+from .fields import fail, number_in, one_of, positive_int
 from .formulas import MODES
 
 METHODS = ("gradient", "occlusion")
@@ -39,21 +40,12 @@ class DetectorConfig:
     ablation_relu: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.layers, int) or self.layers < 1:
-            raise InputError(f"layers must be a positive integer, got {self.layers!r}")
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not isinstance(self.threshold, (int, float)) or self.threshold != self.threshold:
-            raise InputError(f"threshold must be a number, got {self.threshold!r}")
+        positive_int(self, "layers", "batch_size")
+        one_of(self, "mode", MODES)
+        one_of(self, "method", METHODS)
+        number_in(self, "threshold")
         if self.threshold > 0:
-            raise InputError(
-                f"threshold must be <= 0, got {self.threshold}: a positive eps would flag words "
-                "the image supports (positive scores)"
-            )
+            fail(self, "threshold", "<= 0 (a positive eps would flag words the image supports)")
 
     def to_dict(self) -> dict:
         return asdict(self)

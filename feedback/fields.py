@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from numbers import Real
 
+from .errors import InputError
 
-class ConfigError(ValueError):
-    """A config field holds a value it cannot take."""
+
+class ConfigError(InputError):
+    """A config field holds a value it cannot take (a `ValueError`; the CLI prints it as one
+    line)."""
 
 
 def fail(obj, field: str, what: str) -> None:

@@ -31,7 +31,8 @@ def fail(message: str) -> NoReturn:
 
 
 def run_recipe(main: Callable, parse: Callable, *, threads: int | None = None) -> None:
-    """`parse()` then `main(cfg)`, printing its JSON result; the errors a user can cause
+    """`parse()` then `main(cfg)`, printing its JSON result (a dict, or what its `to_dict()`
+    returns: `generation.finetune.RoundsResult`); the errors a user can cause
     (ValueError from a config or a check, a model that does not load, a missing file) become
     `fail`'s one line."""
     from feedback.errors import Clip4dmError
@@ -45,6 +46,8 @@ def run_recipe(main: Callable, parse: Callable, *, threads: int | None = None) -
         result = main(cfg)
     except (Clip4dmError, ValueError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if hasattr(result, "to_dict"):
+        result = result.to_dict()
     if result is not None:
         # one write of the whole line: ranks of a torchrun job share stdout, and print's
         # separate write of "\n" let another rank's line land in between (two JSON objects

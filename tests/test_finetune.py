@@ -241,7 +241,8 @@ def test_oracle_reward_ranks_right_images_above_wrong_ones():
     import numpy as np
     from torchvision.transforms.functional import to_tensor
 
-    from recipes.finetune_reward_filtered import make_reward
+    from recipes.finetune_reward_filtered import FilteredConfig
+    from recipes.wiring import recipe_reward
     from shapesworld.captions import describe
     from shapesworld.render import render_scene
     from shapesworld.scenes import sample_scene
@@ -252,7 +253,7 @@ def test_oracle_reward_ranks_right_images_above_wrong_ones():
     color = scene.objects[0].color
     wrong = text.replace(color, "green" if color != "green" else "red")
     image = to_tensor(render_scene(scene, 64))
-    reward = make_reward("shapes-tiny", "oracle", "cpu")
+    reward = recipe_reward(FilteredConfig(detector="shapes-tiny", reward="oracle"), "oracle", "cpu")
     r = reward(torch.stack([image, image]), [text, wrong])
     assert r[0] >= 1 > r[1]
 
@@ -388,7 +389,7 @@ def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_trained_weights(mode, st
     import torch
 
     from generation.finetune import Collected, make_trainable
-    from generation.finetune.policy import group_advantages, policy_objective
+    from generation.finetune.policy import PolicyConfig, group_advantages, policy_objective
     from generation.finetune.sampler import sample_with_logprob
     from generation.finetune.trainable import _REFERENCES
     from recipes.finetune_grpo import GRPOConfig
@@ -403,12 +404,14 @@ def test_grpo_kl_is_zero_at_the_base_and_grows_with_the_trained_weights(mode, st
         assert not any(p.requires_grad for p in ref.parameters())
         assert "_REFERENCES" not in str(list(pipe.unet.state_dict()))  # not a submodule
         frozen = {k: v.clone() for k, v in ref.state_dict().items()}
-    cfg = GRPOConfig(sample_steps=3, images_per_prompt=2, train=mode)
+    cfg = PolicyConfig(sample_steps=3, kl=0.1)
+    # the recipe's config builds the objective's own (its KL weight included)
+    assert GRPOConfig(sample_steps=3, kl=0.1).policy() == cfg
     tr = sample_with_logprob(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=3)
     adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
     assert adv.tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
     got = Collected(tr.images, ["a red circle"] * 2, 0.5, 0.5, 2, (tr, adv))
-    _, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg, kl=0.1)
+    _, loss_fn = policy_objective(pipe, got, torch.Generator().manual_seed(0), cfg)
     loss_fn(pipe.unet, torch.arange(2))
     assert loss_fn.kl == [0.0]
     with torch.no_grad():
@@ -473,7 +476,7 @@ def test_run_rounds_takes_a_pipeline_object_and_refuses_other_families(tmp_path)
 
     cfg, collect, prompts_for = _tiny_round_kit(tmp_path / "sd", rounds=1, pipeline="not-a-name")
     rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline())
-    assert rec["rounds_done"] == 1
+    assert rec.rounds_done == 1 and rec.to_dict()["rounds_done"] == 1
     assert (tmp_path / "sd" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
     tok = load_pipeline().tokenizer
@@ -483,6 +486,43 @@ def test_run_rounds_takes_a_pipeline_object_and_refuses_other_families(tmp_path)
     with pytest.raises(ValueError, match="SD 1.x/2.x.*FLUX"):
         run_rounds(cfg, lambda *a: calls.append(a), prompts_for, pipeline=flux)
     assert not calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", ["lora", "full"])
+def test_run_rounds_gives_a_lent_pipeline_back_as_it_found_it(tmp_path, train):
+    """A pipeline object passed in keeps its dtype, requires_grad flags, train/eval modes,
+    progress-bar config and weights (no LoRA left on it); the thread count is put back."""
+    from generation.finetune import RoundsResult, run_rounds
+    from shapesworld.pipelines import load_pipeline
+
+    pipe = load_pipeline().to(dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(leave=False, desc="mine")
+    pipe.text_encoder.requires_grad_(False)
+    pipe.unet.train()
+
+    def snapshot():
+        return {
+            name: (
+                {k: (p.dtype, p.requires_grad) for k, p in m.named_parameters()},
+                [sub.training for sub in m.modules()],
+            )
+            for name, m in pipe.components.items()
+            if isinstance(m, torch.nn.Module)
+        }
+
+    before, weights = snapshot(), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    threads = torch.get_num_threads()
+    cfg, collect, prompts_for = _tiny_round_kit(tmp_path, rounds=1, train=train)
+    cfg.threads = threads + 1
+    rec = run_rounds(cfg, collect, prompts_for, pipeline=pipe)
+    assert isinstance(rec, RoundsResult) and rec.to_dict()["round"] == 0
+    assert pipe.dtype == torch.bfloat16 and snapshot() == before
+    assert pipe._progress_bar_config == {"leave": False, "desc": "mine"}
+    assert torch.get_num_threads() == threads
+    after = pipe.unet.state_dict()
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in after)
+    assert not getattr(pipe.unet, "peft_config", None)
 
 
 @pytest.mark.slow
@@ -505,7 +545,7 @@ def test_validation_keeps_the_best_round_and_resumes(tmp_path, train):
         return next(scores)
 
     rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline(), validate=validate)
-    assert rec["best_round"] == 1 and rec["best_val"] == 0.5
+    assert rec.best_round == 1 and rec.best_val == 0.5
     cfg.rounds, cfg.resume = 4, True
     rec = run_rounds(cfg, collect, prompts_for, pipeline=load_pipeline(), validate=validate)
     assert seen == [False, False, False]  # validated in eval mode, base once only
@@ -516,7 +556,7 @@ def test_validation_keeps_the_best_round_and_resumes(tmp_path, train):
         (3, 0.3, False),
     ]
     assert (
-        rec["best_round"] == 1
+        rec.best_round == 1
         and json.loads((tmp_path / "val" / "best.json").read_text())["round"] == 1
     )
     log = [json.loads(x) for x in (tmp_path / "val" / "log.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,15 +198,20 @@ def test_every_recipe_takes_the_new_options(tmp_path, capsys):
 
 
 def test_eps_comes_from_the_flag_then_the_trained_pipelines_card(tmp_path, tiny_open_clip_dir):
-    from recipes.finetune_reward_filtered import card_eps, load_detector
+    from generation.finetune import card_eps, load_detector
+    from recipes.wiring import pipeline_folder
     from shapesworld.pipelines import loop_threshold
 
-    # the shipped pipeline's card, for the detector it calibrated
-    assert card_eps("shapes-tiny-gen", "shapes-sd-tiny") == loop_threshold(
+    # the shipped pipeline's card (its name resolved by the recipes), for the detector it
+    # calibrated
+    shipped = pipeline_folder("shapes-sd-tiny")
+    assert pipeline_folder(None) == shipped and pipeline_folder("x/y") == "x/y"
+    assert card_eps("shapes-tiny-gen", shipped) == loop_threshold(
         "shapes-sd-tiny", "shapes-tiny-gen"
     )
     # a detector the card knows nothing of, a hub id, a folder without a card: none
-    assert card_eps(str(tiny_open_clip_dir), "shapes-sd-tiny") is None
+    assert card_eps(str(tiny_open_clip_dir), shipped) is None
+    assert card_eps("ViT-B-32", None) is None
     assert card_eps("ViT-B-32", "someone/sd-model") is None
     assert card_eps("ViT-B-32", str(tmp_path)) is None
     # a user's pipeline folder with a card calibrated for their detector
@@ -217,6 +223,38 @@ def test_eps_comes_from_the_flag_then_the_trained_pipelines_card(tmp_path, tiny_
     assert det.config.threshold == -1e-3
     det = load_detector(str(tiny_open_clip_dir), "cpu", pipeline=str(tmp_path))
     assert det.config.threshold == -5e-5  # the paper's default: no card for this detector
+
+
+def test_your_prompts_bring_the_real_default_clip_and_offline_it_is_one_line(tmp_path):
+    """With --prompts and no --detector the recipes use `DEFAULT_MODEL` (ShapesWorld's
+    detector stays the default with ShapesWorld prompts only); offline, where it is not
+    cached, loading it fails in one line naming a detector to pass instead."""
+    from feedback.cli.options import DEFAULT_MODEL
+    from recipes.finetune_ddpo import DDPOConfig
+    from recipes.finetune_loop_distill import DistillConfig
+    from recipes.finetune_reward_filtered import FilteredConfig
+    from recipes.wiring import SHAPES_DETECTOR
+
+    prompts = str(_prompt_file(tmp_path))
+    for cls in (FilteredConfig, DDPOConfig, DistillConfig):
+        assert cls().detector == SHAPES_DETECTOR == "shapes-tiny-gen"
+        assert cls(prompts=prompts).detector == DEFAULT_MODEL
+        assert cls(prompts=prompts, detector="ViT-B-32").detector == "ViT-B-32"
+    cmd = [sys.executable, "-c"]
+    cmd += [
+        "import sys; from recipes.cli import run_recipe; "
+        "from recipes.finetune_reward_filtered import FilteredConfig; "
+        "from recipes.wiring import recipe_detector; "
+        "run_recipe(lambda c: recipe_detector(c, 'cpu'), "
+        f"lambda: FilteredConfig(prompts={prompts!r}))"
+    ]
+    # an empty Hugging Face cache, offline: the default CLIP cannot load
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"--detector {DEFAULT_MODEL} (the default with --prompts) does not load" in line
+    assert "--detector shapes-tiny-gen" in line
 
 
 # --- one round on your prompts and anchors ---------------------------------------------------

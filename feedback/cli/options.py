@@ -36,7 +36,10 @@ def add_detector_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) ->
                 f"default: the model card's recommendation where the model has one "
                 f"({model}: {card[key]}), else the paper's {PAPER[key]}"
             )
-        return f"default: {PAPER[key]}"
+        return (
+            "default: the model card's recommendation where the model has one (the shipped "
+            f"ones do), else the paper's {PAPER[key]}"
+        )
 
     p.add_argument(
         "--model",

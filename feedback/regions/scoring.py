@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from ..fields import fail, number_in, one_of, positive_int
 from ..report import MisalignmentReport
 from ..words import split_words
 from .geometry import (
@@ -83,18 +84,16 @@ class RegionConfig:
     found_ratio: float = 0.2
 
     def __post_init__(self):
-        if self.proposals not in PROPOSALS:
-            raise ValueError(f"proposals must be one of {PROPOSALS}, got {self.proposals!r}")
-        if self.isolation not in ISOLATIONS:
-            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        one_of(self, "proposals", PROPOSALS)
+        one_of(self, "isolation", ISOLATIONS)
         if self.proposals == "detector" and not self.detector_model:
-            raise ValueError('proposals="detector" needs detector_model (an OWLv2 id or folder)')
-        if not 0 <= self.max_overlap <= 1 or not 0 <= self.dead_zone < 0.5:
-            raise ValueError("max_overlap must lie in [0, 1] and dead_zone in [0, 0.5)")
-        if self.relations_by not in ("noun", "phrase"):
-            raise ValueError(f"relations_by must be noun or phrase, got {self.relations_by!r}")
-        if self.top_k < 1 or self.batch_size < 1:
-            raise ValueError("top_k and batch_size must be >= 1")
+            fail(self, "detector_model", 'set with proposals="detector" (an OWLv2 id or folder)')
+        number_in(self, "max_overlap", 0, 1)
+        number_in(self, "dead_zone", 0, 0.5)
+        if self.dead_zone >= 0.5:
+            fail(self, "dead_zone", "below 0.5")
+        one_of(self, "relations_by", ("noun", "phrase"))
+        positive_int(self, "top_k", "batch_size")
 
     def to_dict(self) -> dict:
         return asdict(self)
