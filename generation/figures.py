@@ -111,6 +111,10 @@ def prompt_cards(
 def _fix_label(rec) -> str:
     """The round's fix, and the fix the card's gate replaced by a fresh sample, if any."""
     gated = rec.extra.get("gated") if isinstance(rec.extra, dict) else None
+    if getattr(rec, "preview", False):
+        # a few-step preview, or a candidate stopped early: it chose seeds, it is never kept
+        per = rec.steps // max(len(rec.seeds), 1)
+        return f"{rec.fix} (a {per}-step look, never kept)"
     if not gated:
         return rec.fix
     kind = rec.extra.get("kind")

@@ -182,3 +182,15 @@ def test_strategy_settings_are_objects_and_names_still_work():
     assert LoopConfig(strategy="early_reject").strategy == EarlyReject()
     with pytest.raises(ValueError, match="LoopConfig.strategy must be one of"):
         LoopConfig(strategy="nope")
+
+
+def test_the_report_marks_previews_and_counts_steps(pipe, det, tmp_path):
+    from generation.figures import write_html
+
+    cfg = LoopConfig(strategy="preview", max_steps=40, seed=1, stop_when_aligned=False)
+    h = FeedbackPipeline(pipe, det, cfg, verifier=None)(
+        PROMPT, num_inference_steps=10, guidance_scale=4.0, output_type="pt"
+    ).history[0]
+    page = write_html([h], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("(a 2-step look, never kept)") == len(h.rounds[0].seeds)
+    assert f"<td>{h.num_steps} ({h.num_denoiser_evals})</td>" in page
