@@ -239,6 +239,17 @@ def _score_chunk(detector, chunk: list[dict], regions: bool = False) -> dict:
             return detector.detect_regions([im], [caption])[0]
     else:
         detect, one = detector.detect, detector
+    c = detector.config
+    # what scored this row: the model, its eps and the attribution settings
+    used = {
+        "model": detector.backend.name,
+        "eps": c.threshold,
+        "layers": c.layers,
+        "mode": c.mode,
+        "method": c.method,
+        "template": c.template,
+        "regions": bool(regions),
+    }
     lines, ok_items, images = {}, [], []
     for it in chunk:
         try:
@@ -250,12 +261,13 @@ def _score_chunk(detector, chunk: list[dict], regions: bool = False) -> dict:
         try:
             reports = detect(images, [it["caption"] for it in ok_items])
             for it, rep in zip(ok_items, reports):
-                lines[it["id"]] = {"id": it["id"], **rep.to_dict()}
+                lines[it["id"]] = {"id": it["id"], **rep.to_dict(), "detector": used}
         except Clip4dmError:
             # One bad caption must not sink the batch: redo it pair by pair.
             for it, im in zip(ok_items, images):
                 try:
-                    lines[it["id"]] = {"id": it["id"], **one(im, it["caption"]).to_dict()}
+                    rec = one(im, it["caption"]).to_dict()
+                    lines[it["id"]] = {"id": it["id"], **rec, "detector": used}
                 except Clip4dmError as e:
                     lines[it["id"]] = {"id": it["id"], "error": str(e)}
     return lines

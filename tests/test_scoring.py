@@ -44,6 +44,17 @@ def test_resume_repairs_torn_line_and_never_duplicates(tiny_open_clip_dir, manif
         for x in (tmp_path / "ref.jsonl").read_text().splitlines()
     }
     assert "image not found" in ref["p5"]["error"]
+    # every scored row says what scored it
+    used = next(r["detector"] for r in ref.values() if "error" not in r)
+    assert used == {
+        "model": det.backend.name,
+        "eps": det.config.threshold,
+        "layers": det.config.layers,
+        "mode": det.config.mode,
+        "method": det.config.method,
+        "template": det.config.template,
+        "regions": False,
+    }
     # Simulate a kill mid-write: 12 finished lines and half of the 13th.
     ref_lines = (tmp_path / "ref.jsonl").read_text().splitlines()
     out.write_text("\n".join(ref_lines[:12]) + "\n" + ref_lines[12][:20])
