@@ -4,7 +4,7 @@ shipped pipeline by name, each round's training prompts, the validation split ju
 pixel oracle, rendered anchor scenes, the shipped detector `shapes-tiny-gen`, the oracle
 rewards); with `--prompts FILE` the user's own prompts (cycled in a seeded shuffle, a
 held-out slice or `--validation-prompts FILE` validated by the detector's reward, the real
-CLIP `feedback.cli.options.DEFAULT_MODEL` unless `--detector` names another) and, with
+CLIP `feedback.DEFAULT_MODEL` unless `--detector` names another) and, with
 `--anchors DIR`, their own anchor pairs.
 
 The oracle on validation prompts plays the part of a user's small labelled validation set:
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from feedback.cli.options import DEFAULT_MODEL
+from feedback import DEFAULT_MODEL
 from generation.finetune import (
     Collected,
     RoundsConfig,

@@ -616,12 +616,12 @@ def test_a_bad_train_mode_is_one_line():
 
 @pytest.mark.slow
 def test_the_readmes_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
-    """The README's library example (`run_rounds` on a pipeline object with a validator)
+    """The docs' library example (`run_rounds` on a pipeline object with a validator)
     runs as written and leaves what its last comment promises."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("**The trainer is a library**")[1].split("```python")[1].split("```")[0]
+    page = (ROOT / "docs" / "how-to" / "fine-tuning.md").read_text()
+    block = page.split("**The trainer is a library**")[1].split("```python")[1].split("```")[0]
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    exec(compile(block, "docs/how-to/fine-tuning.md", "exec"), {})  # noqa: S102 - the docs' example
     best = json.loads((tmp_path / "runs" / "mine" / "best.json").read_text())
     assert best["round"] in (-1, 0, 1)
     from shapesworld.pipelines import load_pipeline

@@ -229,7 +229,7 @@ def test_your_prompts_bring_the_real_default_clip_and_offline_it_is_one_line(tmp
     """With --prompts and no --detector the recipes use `DEFAULT_MODEL` (ShapesWorld's
     detector stays the default with ShapesWorld prompts only); offline, where it is not
     cached, loading it fails in one line naming a detector to pass instead."""
-    from feedback.cli.options import DEFAULT_MODEL
+    from feedback import DEFAULT_MODEL
     from recipes.finetune_ddpo import DDPOConfig
     from recipes.finetune_loop_distill import DistillConfig
     from recipes.finetune_reward_filtered import FilteredConfig
