@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -53,6 +54,32 @@ class RecipeConfig(RoundsConfig):
         super().__post_init__()
         if not self.detector:
             self.detector = DEFAULT_MODEL if self.prompts else SHAPES_DETECTOR
+        if self.sample_steps is None or self.guidance is None:
+            steps, guidance = sampling_defaults(self.pipeline)
+            if self.sample_steps is None:
+                self.sample_steps = steps
+            if self.guidance is None:
+                self.guidance = guidance
+
+
+def sampling_defaults(pipeline: str | None) -> tuple[int, float]:
+    """(steps, guidance) for sampling the trained pipeline: the card's `call_defaults` in its
+    folder (`generation.cards`; the shipped pipeline's: 20, 4), else Stable Diffusion's own
+    call defaults (the recipes train SD UNets)."""
+    import inspect
+
+    from diffusers import StableDiffusionPipeline
+
+    from generation.cards import PipelineCard
+
+    folder = pipeline_folder(pipeline)
+    card = PipelineCard.load(folder) if Path(folder).is_dir() else None
+    own = inspect.signature(StableDiffusionPipeline.__call__).parameters
+    cd = card.call_defaults if card is not None else {}
+    return (
+        int(cd.get("num_inference_steps", own["num_inference_steps"].default)),
+        float(cd.get("guidance_scale", own["guidance_scale"].default)),
+    )
 
 
 def shipped_loader(name: str):

@@ -62,6 +62,8 @@ def check_ranges(cfg) -> None:
         ranges.update(vars(klass).get("RANGES", {}))
     for name, rng in ranges.items():
         v = getattr(cfg, name)
+        if v is None and getattr(type(cfg), name, ...) is None:
+            continue  # an optional field left unset (resolved later)
         if not rng.ok(v):
             raise ValueError(
                 f"{name} (--{name.replace('_', '-')}) must be {rng.describe()}, got {v!r}"

@@ -62,8 +62,11 @@ class RoundsConfig:
     UNet folder OUTPUT/unet)."""
     rank: int = 8
     """LoRA rank."""
-    sample_steps: int = 20
-    guidance: float = 4.0
+    sample_steps: int | None = None
+    """Sampling steps (default: the card beside the trained pipeline's weights, else the
+    pipeline's own call default)."""
+    guidance: float | None = None
+    """Guidance scale (default: as `sample_steps`)."""
     seed: int = 0
     resume: bool = False
     threads: int = 2
