@@ -26,6 +26,7 @@ import time
 import numpy as np
 import psutil
 import torch
+from results_io import add_results_argument, save_result, tables_from
 
 from feedback import MisalignmentDetector, OpenClipBackend
 from feedback.convert import open_clip_to_transformers
@@ -160,10 +161,12 @@ def main():
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2, help="timed runs per cell (best is kept)")
+    add_results_argument(p)
     args = p.parse_args()
     global REPEAT
     REPEAT = args.repeat
     torch.set_num_threads(args.threads)
+    rows, reference = [], {}
     for name in args.models:
         try:
             backend, hf, tok, proc, size = build(name)
@@ -178,6 +181,7 @@ def main():
         )
         tc, mc = timed(reference_loop, hf, tok, proc, pairs)
         print(f"(c) reference loop     {args.pairs / tc:8.2f} pairs/s   peak +{mc:7.1f} MiB")
+        reference[name] = args.pairs / tc
         for bs in (1, 8, 32):
             ta, ma = timed(clipscore_baseline, backend, pairs, bs)
             tb, mb = timed(detect_all, det, pairs, bs)
@@ -186,6 +190,26 @@ def main():
                 f"  (b) ours {args.pairs / tb:8.2f} pairs/s (+{mb:6.1f} MiB)"
                 f"  b/a {ta / tb:5.2f}  b/c {tc / tb:6.2f}"
             )
+            rows.append(
+                [
+                    name,
+                    bs,
+                    f"{args.pairs / ta:.2f}",
+                    f"{args.pairs / tb:.2f}",
+                    f"{ta / tb:.2f}",
+                    f"{tc / tb:.2f}",
+                    f"+{ma:.1f} / +{mb:.1f} / +{mc:.1f} MiB",
+                ]
+            )
+    head = ["model", "batch", "(a) CLIPScore", "(b) ours", "b/a", "b/c", "peak RSS (a / b / c)"]
+    save_result(
+        args.results,
+        {"rows": rows, "reference_pairs_per_s": reference, "pairs": args.pairs},
+        kind="attribution_speed",
+        page="speed",
+        title="Attribution speed: CLIPScore, ours, the reference",
+        tables=[tables_from(head, rows)],
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import add_results_argument, save_result, tables_from
 from tqdm.auto import tqdm
 
 from shapesworld.pipelines import generate_and_judge, load_pipeline, prompt_set
@@ -257,6 +258,7 @@ def main():
     p.add_argument("--only", nargs="+", default=None, help="recipes whose name has one of these")
     p.add_argument("--out", default="runs/finetune-bench")
     p.add_argument("--plot-only", action="store_true", help="redraw from OUT/results.json")
+    add_results_argument(p)
     args = p.parse_args()
     if args.plot_only:
         saved = json.loads((Path(args.out) / "results.json").read_text())
@@ -327,7 +329,7 @@ def main():
     )
     print("| recipe | 2-object | 1-object | vs base | vs its CLIPScore twin | compute |")
     print("|---|---|---|---|---|---|")
-    table = {}
+    table, shown = {}, []
     for name, r in results.items():
         row = {"two_object": float(r[2].mean()), "one_object": float(r[1].mean())}
         if name in logs:
@@ -350,8 +352,18 @@ def main():
             + " | ".join(cells)
             + " |"
         )
+        shown.append([name, f"{100 * r[2].mean():.1f}", f"{100 * r[1].mean():.1f}", *cells])
     (out / "results.json").write_text(json.dumps({"table": table, "logs": logs}, indent=2))
     plot(out / "curves.png", table, logs)
+    head = ["recipe", "2-object", "1-object", "vs base", "vs its CLIPScore twin", "compute"]
+    save_result(
+        args.results,
+        {"table": table, "args": vars(args)},
+        kind="finetune_faithfulness",
+        page="finetune",
+        title=f"Fine-tuning recipes against the base ({args.train})",
+        tables=[tables_from(head, shown)],
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import time
 
 import torch
+from results_io import add_results_argument, save_result
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -167,6 +168,7 @@ def main():
     p.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", default=None)
+    add_results_argument(p)
     args = p.parse_args()
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"device: {dev}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n")
@@ -185,6 +187,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+    save_result(args.results, out, kind="gpu_check", page="speed", title=f"On a GPU: {dev}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import json
 import time
 
 import torch
+from results_io import add_results_argument, save_result
 
 PROMPT = "a small red circle to the left of a large blue square"
 
@@ -126,6 +127,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
+    add_results_argument(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, CPU, {args.threads} threads, {time.strftime('%Y-%m-%d')}")
@@ -137,6 +139,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+    save_result(args.results, out, kind="region_speed", page="speed", title="What regions cost")
 
 
 if __name__ == "__main__":

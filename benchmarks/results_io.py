@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Where results go; `CLIP4DM_RESULTS_DIR` overrides it (tests).
 RESULTS_DIR = Path(os.environ.get("CLIP4DM_RESULTS_DIR", ROOT / "results"))
 #: Fields written by people and carried over when a benchmark rewrites its file.
-CARRIED = ("title", "description", "findings")
+CARRIED = ("title", "description", "findings", "page", "image")
 
 
 def add_results_argument(parser, default: str | None = None) -> None:
@@ -115,6 +115,7 @@ def save_result(
     kind: str,
     title: str | None = None,
     tables: list[dict] | None = None,
+    page: str | None = None,
     status: str = "current",
     argv: list[str] | None = None,
     results_dir: Path | str | None = None,
@@ -122,7 +123,8 @@ def save_result(
     """Write `results/NAME.json` (nothing when `name` is None: `--results` not given).
 
     `data` is the benchmark's raw output (what `--json` writes); `tables` the tables as shown
-    (`tables_from`), optional where `docs/render_results.py` renders `kind` from `data`.
+    (`tables_from`), optional where `docs/render_results.py` renders `kind` from `data`;
+    `page` the Results page it belongs on (`loop`, `detector`, `finetune`, `models`, `speed`).
     Returns the path written.
     """
     if not name:
@@ -141,10 +143,12 @@ def save_result(
         "commit": git_commit(),
         "source": "benchmark",
     }
+    if page:
+        record["page"] = page
     if path.exists():
         old = json.loads(path.read_text())
         for key in CARRIED:
-            if old.get(key) and not (key == "title" and title):
+            if old.get(key) and not (key == "title" and title) and not (key == "page" and page):
                 record[key] = old[key]
         old_dir = out_dir / "superseded"
         old_dir.mkdir(exist_ok=True)

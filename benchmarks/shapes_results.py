@@ -15,10 +15,12 @@ import argparse
 import json
 import math
 
+from results_io import add_results_argument, save_result, tables_from
+
 from feedback import DetectorConfig, MisalignmentDetector
-from feedback.eval.datasets import load_shapes_foil
 from feedback.eval.evaluate import detect_samples, run_benchmark
 from shapesworld import WORD_KINDS
+from shapesworld.benchmark import load_shapes_foil
 
 
 def _f(v) -> str:
@@ -30,6 +32,7 @@ def main():
     p.add_argument("--model", default="shapes-tiny")
     p.add_argument("--n", type=int, default=1000, help="foils (each also yields its original)")
     p.add_argument("--json", default=None)
+    add_results_argument(p)
     args = p.parse_args()
 
     base = MisalignmentDetector.from_pretrained(args.model, layers=3)
@@ -144,6 +147,33 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(full, f, indent=2, default=str)
+    shown = [[r[0]] + [_f(v) for v in r[1:-1]] + [f"{r[-1]:.0f}"] for r in rows]
+    sweep_rows = [
+        [
+            f"{x['threshold']:g}",
+            _f(x["precision"]),
+            _f(x["recall"]),
+            _f(x["f1"]),
+            _f(x["ap_fclipscore"]),
+        ]
+        for x in sweep
+    ]
+    save_result(
+        args.results,
+        full,
+        kind="shapes_results",
+        page="detector",
+        title=f"CLIP4DM against baselines on the held-out FOIL set ({args.model})",
+        tables=[
+            tables_from(head, shown),
+            tables_from(
+                ["eps", "precision", "recall", "F1", "AP F-CLIPScore"],
+                sweep_rows,
+                "Threshold mode, CLIP4DM K=3 (word P/R/F1 against the foil word; AP of the "
+                "threshold-mode F-CLIPScore)",
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import add_results_argument, save_result, tables_from
 from tqdm.auto import tqdm
 
 from feedback import MisalignmentDetector, Verifier
@@ -164,6 +165,7 @@ def main():
     p.add_argument("--cache", default="runs/verifier_pool.jsonl")
     p.add_argument("--json", default=None)
     p.add_argument("--threads", type=int, default=2)
+    add_results_argument(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ver = Verifier.load(args.verifier)
@@ -178,6 +180,7 @@ def main():
     pool = make_pool(load_pipeline(), det, prompts, args.images, cache, base_det=base_det)
     n_obj = np.array([row["n_objects"] for row in pool])
     results: dict = {}
+    shown: list[dict] = []
     for budget in sorted({4, args.images}):
         rows: dict[str, list[bool]] = {}
         used: dict[str, list[int]] = {}
@@ -219,6 +222,28 @@ def main():
                 f"{ns[n_obj == 1].mean():.2f} per one-object prompt (budget {budget})"
             )
         results[f"budget_{budget}"] = table
+        head = [
+            f"budget {budget}",
+            "2-object",
+            "1-object",
+            f"2-object vs best-of-{budget} by CLIPScore (95% CI)",
+            "1-object vs it",
+        ]
+        cells = []
+        for name, r in table.items():
+            d2, d1 = r["diff_two"], r["diff_one"]
+            if "images_two" in r:
+                name += f" ({r['images_two']:.2f} / {r['images_one']:.2f} images)"
+            cells.append(
+                [
+                    name,
+                    f"{r['two']:.1f}",
+                    f"{r['one']:.1f}",
+                    f"{d2[0]:+.1f} [{d2[1]:+.1f}, {d2[2]:+.1f}]",
+                    f"{d1[0]:+.1f}",
+                ]
+            )
+        shown.append(tables_from(head, cells, f"Budget {budget}"))
     # AUC on generated two-object images (every image, its own prompt's group of all images)
     from sklearn.metrics import roc_auc_score
 
@@ -239,6 +264,14 @@ def main():
     results["card"] = {"path": args.verifier, "stop_level": ver.stop_level, **ver.stats}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    save_result(
+        args.results,
+        results,
+        kind="verifier_selection",
+        page="loop",
+        title="Selection and stopping by the verifier card",
+        tables=shown,
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,12 @@ PAGES = {
         "image per held-out prompt (150 two-object, 150 one-object, paired seeds, never "
         "trained on) is judged by the oracle. Intervals: paired bootstrap 95% of the "
         "two-object difference.",
-        "files": ["finetune-lora", "finetune-anchors", "finetune-grpo-regions", "finetune-full-unet"],
+        "files": [
+            "finetune-lora",
+            "finetune-anchors",
+            "finetune-grpo-regions",
+            "finetune-full-unet",
+        ],
     },
     "models": {
         "title": "The shipped ShapesWorld models",
@@ -84,7 +89,7 @@ HEADLINE = [
         "shapes-foil-regions",
     ),
     (
-        "Correct two-object captions given a false flag, regions vs whole image",
+        "Share of correct two-object captions given a false flag, regions vs whole image",
         "{shapes-foil-regions|regions|false flags (2-object)}",
         "{shapes-foil-regions|whole image|false flags (2-object)}",
         "shapes-foil-regions",
@@ -105,6 +110,7 @@ HEADLINE = [
     (
         "Resample until the verifier is satisfied (≤ 4 images): two-object, %",
         "{loop-budget4|resample, stop by the verifier|2-object}",
+        "vs best-of-4 by CLIPScore: "
         "{loop-budget4|resample, stop by the verifier|2-object vs best-of-4 by CLIPScore (95% CI)}",
         "loop-budget4",
     ),
@@ -118,6 +124,7 @@ HEADLINE = [
     (
         "Previews at best-of-4's compute (80 steps): two-object, %",
         "{loop-preview|preview at best-of-4's compute|2-object}",
+        "vs best-of-4 by CLIPScore: "
         "{loop-preview|preview at best-of-4's compute|2-object vs best-of-4 by CLIPScore (95% CI)}",
         "loop-preview",
     ),
@@ -348,11 +355,27 @@ def render_eval(data: dict) -> list[dict]:
     return [{"title": "", "columns": cols, "rows": rows}]
 
 
+def render_records(data: dict) -> list[dict]:
+    """Any benchmark whose output holds lists of flat records (e.g. `benchmarks/gpu_check.py`):
+    one table per list, a column per key."""
+    out = []
+    for key, rows in data.items():
+        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+            cols = list(dict.fromkeys(k for r in rows for k in r))
+            cells = [
+                [f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+                for r in rows
+            ]
+            out.append({"title": key, "columns": cols, "rows": cells})
+    return out
+
+
 RENDERERS = {
     "loop_faithfulness": render_loop,
     "equal_compute": render_equal_compute,
     "region_speed": render_region_speed,
     "clip4dm_eval": render_eval,
+    "gpu_check": render_records,
 }
 
 
@@ -383,8 +406,11 @@ def fix_gain_table(card_path: Path = CARD) -> str:
                 else "not measured"
             )
         rows.append(cells)
-    head = {"object": "object word flagged", "relation": "relation word flagged",
-            "missing": "object missing"}
+    head = {
+        "object": "object word flagged",
+        "relation": "relation word flagged",
+        "missing": "object missing",
+    }
     return md_table(["fix"] + [head[k] for k in kinds_all], rows)
 
 
@@ -393,13 +419,22 @@ def card_stats_table(card_path: Path = CARD) -> str:
     card = json.loads(card_path.read_text())
     st = card["stats"]
     rows = [
-        ["calibration pool", f"{st['n_images']} images of {st['n_prompts']} prompts, "
-         f"{st['n_right']} right"],
-        ["AUC right vs wrong (cross-validated)", f"P(right) {st['cv_auc']:.3f}, CLIPScore "
-         f"{st['clip_score_auc']:.3f}, region score {st.get('region_score_auc', float('nan')):.3f}"],
-        ["prompts whose kept image is right", f"P(right) {_pct(st['cv_selection_accuracy'])}%, "
-         f"CLIPScore {_pct(st['clip_score_selection_accuracy'])}%, region score "
-         f"{_pct(st.get('region_score_selection_accuracy', float('nan')))}%"],
+        [
+            "calibration pool",
+            f"{st['n_images']} images of {st['n_prompts']} prompts, {st['n_right']} right",
+        ],
+        [
+            "AUC right vs wrong (cross-validated)",
+            f"P(right) {st['cv_auc']:.3f}, CLIPScore "
+            f"{st['clip_score_auc']:.3f}, region score "
+            f"{st.get('region_score_auc', float('nan')):.3f}",
+        ],
+        [
+            "prompts whose kept image is right",
+            f"P(right) {_pct(st['cv_selection_accuracy'])}%, "
+            f"CLIPScore {_pct(st['clip_score_selection_accuracy'])}%, region score "
+            f"{_pct(st.get('region_score_selection_accuracy', float('nan')))}%",
+        ],
         ["right images reaching the stop level", f"{_pct(st['stop_level_right_accepted'])}%"],
         ["selects by", f"`{card['select_by']}`"],
         ["detector, eps", f"`{card['detector']}`, {card['threshold']!r}"],
@@ -438,7 +473,7 @@ def section(rec: dict, level: int = 2) -> str:
         out += [md_table(t["columns"], t["rows"]), ""]
         if t.get("note"):
             out += [t["note"].strip(), ""]
-    if rec.get("image") and (ROOT / rec["image"]).is_file():
+    if rec.get("image"):  # a picture under docs/ (mkdocs --strict fails when it is missing)
         rel = Path("..") / Path(rec["image"]).relative_to("docs")
         out += [f"![{rec['title']}]({rel.as_posix()})", ""]
     if rec.get("findings"):
@@ -515,7 +550,9 @@ def index(recs: dict) -> str:
     for key, spec in PAGES.items():
         names = [n for n, r in recs.items() if r.get("page") == key and "/" not in n]
         dates = sorted(recs[n].get("date", "") for n in names)
-        span = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates or [""])[0]
+        span = (
+            f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates or [""])[0]
+        )
         rows.append([f"[{spec['title']}]({key}.md)", str(len(names)), span])
     n_old = sum(1 for n in recs if n.startswith("superseded/"))
     rows.append(["[Superseded results](archive.md)", str(n_old), ""])

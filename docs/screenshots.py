@@ -1,13 +1,19 @@
-"""Regenerate the README's screenshots from the documented commands, and record the settings
-they were made with (docs/screenshots.json; a test fails when the demo's defaults change
-without a new screenshot).
+"""Regenerate the docs' pictures from the documented commands, and record the settings they
+were made with (docs/screenshots.json; a test fails when the demo's defaults change without a
+new screenshot).
 
-    python docs/screenshots.py          # needs chromium (apt-get install -y chromium)
+    python docs/screenshots.py             # needs chromium (apt-get install -y chromium)
+    python docs/screenshots.py region      # only the region figure (no browser needed)
 
 - docs/demo-report.png: `clip4dm demo --out DIR` (the README's main command, defaults), its
   report.html in headless Chromium;
 - docs/app-check.png, docs/app-generate.png: `clip4dm app` (defaults), a caught foil in the
-  Check tab and a held-out prompt in the Generate tab.
+  Check tab and a held-out prompt in the Generate tab;
+- docs/region-figure.png: `clip4dm check IMAGE CAPTION --regions --figure ...` on a rendered
+  red circle left of a blue square, captioned with the colours swapped (the regions page).
+
+The fine-tuning curves (docs/finetune*-curves.png) are written by
+benchmarks/finetune_faithfulness.py.
 """
 
 from __future__ import annotations
@@ -54,11 +60,27 @@ def demo_report(out: Path) -> None:
         browser.close()
 
 
+#: The region figure's scene and caption: the colours swapped between the two objects.
+REGION_CAPTION = "a blue circle to the left of a red square"
+
+
+def region_figure(out: Path) -> None:
+    from generation.cli import main
+    from shapesworld import Scene, ShapeObject, render_scene
+
+    tmp = Path(tempfile.mkdtemp(prefix="clip4dm-shot-"))
+    circle = ShapeObject("red", "circle", "small", 8, 16, 7.5)
+    square = ShapeObject("blue", "square", "large", 23, 16, 13)
+    render_scene(Scene((circle, square), axis="x"), 128).save(tmp / "image.png")
+    args = ["check", str(tmp / "image.png"), REGION_CAPTION, "--regions", "--model", "shapes-tiny"]
+    assert main(args + ["--figure", str(out / "region-figure.png")]) == 0
+
+
 def app_shots(out: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from feedback import MisalignmentDetector
-    from feedback.eval.datasets import load_shapes_foil
+    from shapesworld.benchmark import load_shapes_foil
     from shapesworld.pipelines import prompt_set
 
     det = MisalignmentDetector.from_pretrained("shapes-tiny")
@@ -110,10 +132,16 @@ def app_shots(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    region_figure(DOCS)
+    if sys.argv[1:] == ["region"]:
+        sys.exit(0)
     demo_report(DOCS)
     app_shots(DOCS)
     (DOCS / "screenshots.json").write_text(
         json.dumps({"demo": demo_settings(), "command": "python docs/screenshots.py"}, indent=2)
         + "\n"
     )
-    print("wrote docs/demo-report.png, docs/app-check.png, docs/app-generate.png")
+    print(
+        "wrote docs/region-figure.png, docs/demo-report.png, docs/app-check.png, "
+        "docs/app-generate.png"
+    )

@@ -362,12 +362,17 @@ def test_grid_png_labels_each_row_and_image(tmp_path):
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+#: The docs pages that hold the loop's snippet and the card's figures (the README links them).
+LOOP_DOC = README.parent / "docs" / "how-to" / "loop.md"
+CARD_DOC = README.parent / "docs" / "how-to" / "verifier-cards.md"
 
 
 def test_the_readme_loop_snippet_runs_as_written():
-    block = README.read_text().split("## The loop")[1].split("```python")[1].split("```")[0]
+    """The loop page's first snippet (tests/test_docs.py runs every snippet; this one also
+    checks what its comments promise)."""
+    block = LOOP_DOC.read_text().split("```python")[1].split("```")[0]
     ns: dict = {}
-    exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - the README's own example
+    exec(compile(block, "docs/how-to/loop.md", "exec"), ns)  # noqa: S102 - the docs' example
     h = ns["h"]
     assert h.source == "a (red:1.2) circle left of a blue square"
     assert h.prompt == "a red circle left of a blue square"
@@ -376,12 +381,12 @@ def test_the_readme_loop_snippet_runs_as_written():
 
 
 def test_the_readme_quotes_the_cards_it_names():
-    """One source of truth: the README's loop eps and verifier figures are the shipped cards'."""
+    """One source of truth: the docs' loop eps and verifier figures are the shipped cards'."""
     import json
 
     from shapesworld.pipelines import loop_threshold, loop_verifier_path
 
-    text = README.read_text()
+    text = CARD_DOC.read_text()
     assert f"--threshold {loop_threshold()!r}" in text
     card = json.loads(loop_verifier_path().read_text())
     st = card["stats"]

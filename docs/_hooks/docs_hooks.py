@@ -55,9 +55,7 @@ def recipe_help(module_name: str) -> str:
     cls = next(
         v
         for v in vars(mod).values()
-        if isinstance(v, type)
-        and issubclass(v, RoundsConfig)
-        and v.__module__ == mod.__name__
+        if isinstance(v, type) and issubclass(v, RoundsConfig) and v.__module__ == mod.__name__
     )
     argv0, buf = sys.argv[0], io.StringIO()
     sys.argv[0] = f"recipes/{module_name}.py"
