@@ -22,6 +22,7 @@ import os
 import numpy as np
 import torch
 from loop_faithfulness import bootstrap_diff, count_evals
+from results_io import add_results_argument, save_result
 from tqdm.auto import tqdm
 
 from feedback import MisalignmentDetector, Verifier
@@ -51,6 +52,7 @@ def main():
     p.add_argument("--json", default="runs/equal_compute.json")
     p.add_argument("--png", default=None, help="the curve (default: beside --json)")
     p.add_argument("--resume", action="store_true", help="keep rows already in --json")
+    add_results_argument(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
@@ -152,6 +154,13 @@ def main():
             f"{100 * ok[one].mean():.1f} | {d:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
     save()
+    save_result(
+        args.results,
+        out,
+        kind="equal_compute",
+        page="loop",
+        title="Search at equal compute: success against denoiser steps",
+    )
     png = args.png or os.path.splitext(args.json)[0] + ".png"
     plot(rows, png)
     print(f"\ncurve: {png}")

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from results_io import add_results_argument, save_result
 from tqdm.auto import tqdm
 
 from feedback import (
@@ -204,6 +205,7 @@ def main():
         "they were before region-aware scoring",
     )
     p.add_argument("--json", default=None)
+    add_results_argument(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
@@ -534,30 +536,27 @@ def main():
             f"{name}: feedback {c.feedback:.1f} s of {total:.1f} s loop time "
             f"({100 * c.feedback / max(total, 1e-9):.1f}%)"
         )
+    out = {
+        "table": table,
+        "flag_precision": prec,
+        "flag_recall": rec,
+        "per_kind": kinds_json,
+        "detector": args.detector,
+        "eps": eps,
+        "verifier": str(ver_path) if ver is not None else None,
+        "auc_two_object": auc,
+        "which_word": {k: float(np.mean(v)) if v else None for k, v in which_word.items()},
+        "budget": N,
+        "time_share": {
+            k: c.feedback / max(c.feedback + c.generation, 1e-9) for k, c in clocks.items()
+        },
+    }
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "table": table,
-                    "flag_precision": prec,
-                    "flag_recall": rec,
-                    "per_kind": kinds_json,
-                    "detector": args.detector,
-                    "eps": eps,
-                    "verifier": str(ver_path) if ver is not None else None,
-                    "auc_two_object": auc,
-                    "which_word": {
-                        k: float(np.mean(v)) if v else None for k, v in which_word.items()
-                    },
-                    "budget": N,
-                    "time_share": {
-                        k: c.feedback / max(c.feedback + c.generation, 1e-9)
-                        for k, c in clocks.items()
-                    },
-                },
-                f,
-                indent=2,
-            )
+            json.dump(out, f, indent=2)
+    save_result(
+        args.results, out, kind="loop_faithfulness", page="loop", title=f"The loop, budget {N}"
+    )
 
 
 if __name__ == "__main__":

@@ -129,11 +129,11 @@ HEADLINE = [
         "loop-preview",
     ),
     (
-        "Previews at 65% of best-of-8's compute (104 steps): two-object, %",
-        "{loop-preview|preview at 65% of best-of-8's compute|2-object}",
+        "Previews at best-of-8's compute (160 steps): two-object, %",
+        "{equal-compute|preview, 160 steps|2-object}",
         "best-of-8 by the region score (160 steps) "
-        "{loop-budget8|best-of-8 by the region score|2-object}",
-        "loop-preview",
+        "{equal-compute|best-of-8 by region score|2-object}",
+        "equal-compute",
     ),
     (
         "Best fine-tuned LoRA (GRPO, KL 0.1, F-CLIPScore): two-object, %",
