@@ -172,6 +172,10 @@ def _save_checkpoint(accelerator, out: Path, next_round: int) -> None:
     """Write the state to a fresh folder, then swap it in: a kill leaves the old one whole."""
     tmp, ckpt, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
     accelerator.save_state(str(tmp))
+    # every process writes its own random state into `tmp`: all of them must have finished
+    # before the main process renames the folder (under load a rank still writing found its
+    # folder gone and died: the old "flaky under heavy load" two-rank test)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "round.json").write_text(json.dumps({"next_round": next_round}))
         if ckpt.exists():
@@ -519,6 +523,7 @@ def _run_rounds(cfg, collect, prompts_for, name, objective, anchors, pipeline, v
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    accelerator.wait_for_everyone()  # the folder exists before any process writes into it
     pipe, lent = _resolve_pipeline(pipeline, cfg, accelerator.device)
     found = _LentPipeline(pipe) if lent else None
     try:
