@@ -26,7 +26,7 @@ from results_io import add_results_argument, save_result
 from tqdm.auto import tqdm
 
 from feedback import MisalignmentDetector, Verifier
-from generation import FeedbackPipeline, LoopConfig
+from generation import EarlyReject, FeedbackPipeline, LoopConfig
 from generation.selection import best_index
 from shapesworld.pipelines import (
     LOOP_DETECTOR,
@@ -48,6 +48,13 @@ def main():
     p.add_argument("--max-n", type=int, default=8, help="plain samples per prompt (best-of-k)")
     p.add_argument("--preview", type=int, nargs="*", default=[40, 80, 120, 160])
     p.add_argument("--early", type=int, nargs="*", default=[80, 120])
+    p.add_argument(
+        "--early-at",
+        type=int,
+        nargs="*",
+        default=None,
+        help="early rejection reads each candidate after these steps (default: a fifth)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="runs/equal_compute.json")
     p.add_argument("--png", default=None, help="the curve (default: beside --json)")
@@ -128,11 +135,13 @@ def main():
             LoopConfig(strategy="preview", max_steps=b, max_images=max(1, b // STEPS)),
         )
     for b in args.early:
-        loop_row(
-            f"early rejection, {b} steps",
-            "early rejection",
-            LoopConfig(strategy="early_reject", max_steps=b, max_images=max(1, b // STEPS)),
-        )
+        for at in args.early_at or [None]:
+            read = "" if at is None else f" (read at step {at})"
+            loop_row(
+                f"early rejection{read}, {b} steps",
+                f"early rejection{read}",
+                LoopConfig(strategy=EarlyReject(at=at), max_steps=b, max_images=max(1, b // STEPS)),
+            )
 
     base = np.array(rows["best-of-4 by CLIPScore"]["ok"], bool)
     two, one = n_obj == 2, n_obj == 1
