@@ -15,6 +15,10 @@ class ModelLoadError(Clip4dmError):
     """Unknown model name, unsupported architecture, or weights not available offline."""
 
 
+class OfflineError(ModelLoadError):
+    """The model is neither in the local cache nor downloadable (the hub cannot be reached)."""
+
+
 class NonFiniteScoreError(Clip4dmError, FloatingPointError):
     """The model produced NaN/inf similarities or attributions (often fp16 overflow)."""
 

@@ -165,11 +165,11 @@ def test_the_loops_detector_comes_from_the_card_else_the_real_default(saved):
     by path); a user's pipeline without a card gets feedback.DEFAULT_MODEL, which offline is
     one error naming it."""
     from feedback import DEFAULT_MODEL
-    from feedback.errors import ModelLoadError
+    from feedback.errors import OfflineError
     from shapesworld.pipelines import LOOP_DETECTOR, load_pipeline, loop_threshold
 
     fb = FeedbackPipeline(load_pipeline())
     assert fb.detector.backend.name == LOOP_DETECTOR and fb.verifier is not None
     assert fb.card is not None and fb.card.threshold_for(LOOP_DETECTOR) == loop_threshold()
-    with pytest.raises(ModelLoadError, match=DEFAULT_MODEL.replace("/", ".")):
+    with pytest.raises(OfflineError, match=DEFAULT_MODEL.replace("/", ".")):
         FeedbackPipeline(saved["sd"])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ModelLoadError, short_reason
+from ..errors import ModelLoadError, OfflineError, short_reason
 from ..hub import offline_if_unreachable, offline_message
 from ..pixels import PixelTransform
 from ..words import bpe_token_spans
@@ -110,7 +110,7 @@ class OpenClipBackend(Backend):
                 tokenizer = open_clip.get_tokenizer(name)
             except Exception as e:  # open_clip raises many types; say what was asked for
                 if needs_hub and offline:
-                    raise ModelLoadError(offline_message(f"open_clip model {what}")) from e
+                    raise OfflineError(offline_message(f"open_clip model {what}")) from e
                 raise ModelLoadError(
                     f"cannot load open_clip model {what}: {short_reason(e)}"
                 ) from e

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..alignment import tokenizer_spans
-from ..errors import ModelLoadError, short_reason
+from ..errors import ModelLoadError, OfflineError, short_reason
 from ..hub import offline_if_unreachable, offline_message
 from ..pixels import PixelTransform
 from .base import Backend, BlockView, causal_mask
@@ -67,7 +67,7 @@ class TransformersBackend(Backend):
                     model = CLIPModel.from_pretrained(name, dtype=dtype).to(device)
                 except Exception as e:
                     if offline and not local.is_dir():
-                        raise ModelLoadError(offline_message(f"transformers model {name!r}")) from e
+                        raise OfflineError(offline_message(f"transformers model {name!r}")) from e
                     raise ModelLoadError(
                         f"cannot load transformers CLIPModel {name!r}: {short_reason(e)}"
                     ) from e

@@ -94,7 +94,7 @@ def add_detector_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) ->
 def build_detector(args, device: str | None = None):
     """The detector the options describe."""
     from ..detector import MisalignmentDetector
-    from ..errors import ModelLoadError
+    from ..errors import ModelLoadError, OfflineError
 
     if args.threshold is not None and args.threshold != args.threshold:
         raise InputError("--threshold is NaN")
@@ -110,9 +110,7 @@ def build_detector(args, device: str | None = None):
             mode=args.mode,
             method=args.method,
         )
-    except ModelLoadError as e:
-        if "offline" not in str(e) and "cannot be reached" not in str(e):
-            raise
+    except OfflineError as e:
         testbed = getattr(args, "testbed_model", TESTBED_MODEL)
         raise ModelLoadError(
             f"{str(e).splitlines()[0]}; for the offline testbed pass --model {testbed}"
