@@ -415,14 +415,7 @@ class FeedbackPipeline:
         if plan.generate is not None:
             return plan.generate(state, gens)
         weights = plan.weights if plan.weights is not None else state.base_weights
-        plain = weights is None or all(abs(w - 1.0) < 1e-12 for w in weights)
-        # Unweighted rounds are the plain call itself (prompt string): bit for bit what the
-        # user's own `pipe(prompt, generator=...)` makes.
-        inputs = (
-            {"prompt": state.prompt}
-            if plain
-            else self.adapter.encode(state.prompt, state.words, weights, call_kw)
-        )
+        inputs = self.adapter.call_inputs(state.prompt, state.words, weights, call_kw)
         ctx = plan.context(state) if plan.context is not None else nullcontext()
         with ctx:
             return self.adapter.generate(

@@ -219,6 +219,20 @@ class PipelineAdapter:
         kw["prompt_embeds"] = pe
         return kw
 
+    def call_inputs(
+        self,
+        prompt: str,
+        words: Sequence[Word] | None,
+        weights: Sequence[float] | None,
+        call_kw: dict | None = None,
+    ) -> dict:
+        """What a round passes the pipeline for `prompt`: the prompt string itself when no
+        word is weighted (bit for bit the user's own `pipe(prompt, ...)`), else `encode`'s
+        weighted embeddings."""
+        if weights is None or all(abs(w - 1.0) < 1e-12 for w in weights):
+            return {"prompt": prompt}
+        return self.encode(prompt, words, weights, call_kw)
+
     def token_rewards(self, info, call_kw: dict | None = None) -> dict:
         """`info`'s word rewards (a `feedback.RewardInfo` from `FeedbackReward`) spread onto
         each text encoder's input positions: {slot name: `feedback.TokenRewards`} (B, L) with

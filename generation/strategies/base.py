@@ -109,9 +109,14 @@ class Strategy:
     single_round: ClassVar[bool] = False
     #: Rounds bounded by the step budget, not `max_rounds` (one candidate per round).
     rounds_by_steps: ClassVar[bool] = False
+    #: The strategy spends steps, not images: without `LoopConfig.max_steps` its budget is
+    #: best-of-`max_images`' compute at full steps.
+    budgets_steps: ClassVar[bool] = False
 
     def step_budget(self, full_steps: int | None) -> int | None:
         """The step budget when `LoopConfig.max_steps` is None (None: images only)."""
+        if self.budgets_steps and full_steps:
+            return self.config.max_images * full_steps
         return None
 
     #: This strategy's settings class (`StrategyOptions` subclass).

@@ -44,10 +44,8 @@ class EarlyReject(StrategyOptions):
 class EarlyRejectStrategy(Strategy):
     name = "early_reject"
     rounds_by_steps = True
+    budgets_steps = True
     options_class = EarlyReject
-
-    def step_budget(self, full_steps):
-        return self.config.max_images * full_steps if full_steps else None
 
     def first(self, state):
         full = state.adapter.call_default("num_inference_steps", state.call_kw, None)
@@ -110,13 +108,7 @@ class EarlyRejectStrategy(Strategy):
             return out
 
         kw = {**state.call_kw, "callback_on_step_end": on_step_end}
-        w = state.base_weights
-        plain = w is None or all(abs(v - 1.0) < 1e-12 for v in w)
-        inputs = (
-            {"prompt": state.prompt}
-            if plain
-            else adapter.encode(state.prompt, state.words, w, state.call_kw)
-        )
+        inputs = adapter.call_inputs(state.prompt, state.words, state.base_weights, state.call_kw)
         with capture_clean(pipe.scheduler, x0):
             images = adapter.generate(
                 inputs,

@@ -49,10 +49,8 @@ def preview_plan(full_steps: int, budget: int, keep: int, preview_steps: int | N
 @register
 class PreviewStrategy(Strategy):
     name = "preview"
+    budgets_steps = True
     options_class = Preview
-
-    def step_budget(self, full_steps):
-        return self.config.max_images * full_steps if full_steps else None
 
     def first(self, state):
         full = state.adapter.call_default("num_inference_steps", state.call_kw, None)
