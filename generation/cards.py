@@ -85,8 +85,3 @@ class PipelineCard:
         """The eps calibrated for `detector` on this generator's images, or None."""
         cal = self.loop_thresholds.get(detector)
         return None if cal is None else cal.get("threshold")
-
-    @property
-    def verifier_path(self) -> Path | None:
-        path = self.folder / "verifier.json"
-        return path if path.is_file() else None

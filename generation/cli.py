@@ -198,10 +198,8 @@ def call_kwargs(args) -> dict:
 
     name = getattr(args, "pipeline", None)
     if name == SHIPPED_PIPELINE:
-        from shapesworld.pipelines import pipeline_path
-
         try:
-            name = str(pipeline_path())
+            name = str(shipped_pipeline_folder(name))
         except FileNotFoundError:
             name = None  # load_pipeline says so
     kw = check_call_args(name, kw, own=_OWN)  # also: a folder that is no pipeline stops here

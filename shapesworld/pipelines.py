@@ -42,10 +42,10 @@ def pipeline_path(name: str = PIPELINE_NAME) -> Path:
 
 
 def _card_sampling() -> dict:
-    import json
+    from generation.cards import PipelineCard
 
-    card = Path(__file__).parent / "weights" / PIPELINE_NAME / "model_card.json"
-    return dict(json.loads(card.read_text(encoding="utf-8")).get("call_defaults") or {})
+    card = PipelineCard.load(Path(__file__).parent / "weights" / PIPELINE_NAME)
+    return dict(card.call_defaults) if card is not None else {}
 
 
 #: The sampling settings the shipped pipeline was trained for, read once from the
@@ -180,14 +180,7 @@ def loop_threshold(name: str = PIPELINE_NAME, detector: str = LOOP_DETECTOR) -> 
 def loop_calibration(name: str = PIPELINE_NAME, detector: str = LOOP_DETECTOR) -> dict | None:
     """The card's whole calibration of `detector` on the pipeline's generated images (eps,
     false alarms, recall), or None."""
-    import json
+    from generation.cards import PipelineCard
 
-    card = pipeline_path(name) / "model_card.json"
-    if not card.is_file():
-        return None
-    data = json.loads(card.read_text())
-    cals = dict(data.get("loop_thresholds") or {})
-    first = data.get("loop_threshold") or {}
-    if first.get("detector"):
-        cals.setdefault(first["detector"], first)
-    return cals.get(detector)
+    card = PipelineCard.load(pipeline_path(name))
+    return card.loop_thresholds.get(detector) if card is not None else None
