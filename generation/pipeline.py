@@ -477,10 +477,8 @@ class FeedbackPipeline:
                 break
             gens_now = None
             if r == 0 and user_gen is not None:
-                gens_now = user_gen if isinstance(user_gen, list) else [user_gen]
+                gens_now = user_gen  # one Generator, or one per image: as diffusers takes it
                 seeds = [None] * n  # the caller's generator made them
-                if isinstance(user_gen, torch.Generator):
-                    gens_now = user_gen
             elif plan.seeds is not None:
                 seeds = list(plan.seeds[:n])
             elif r == 0 or not plan.reuse_seeds or state.best is None or _no_seed(state):
